@@ -1,0 +1,162 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{DataType, Tensor};
+
+/// Name, datatype and shape of one model input or output. A dimension of `-1` is dynamic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+}
+
+/// A model's inputs and outputs, in the order the model declares them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ModelSignature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// A request that the model cannot take; every variant names what is wrong (it becomes a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("unknown input '{name}' (the model's inputs are: {expected})")]
+    UnknownInput { name: String, expected: String },
+    #[error("input '{0}' is given more than once")]
+    DuplicateInput(String),
+    #[error("missing input '{name}' (the model's inputs are: {expected})")]
+    MissingInput { name: String, expected: String },
+    #[error("input '{name}' has datatype {got} but the model expects {expected}")]
+    WrongDatatype { name: String, expected: DataType, got: DataType },
+    #[error("input '{name}' has shape {got:?} but the model expects {expected:?} (-1 is any size)")]
+    WrongShape { name: String, expected: Vec<i64>, got: Vec<i64> },
+    #[error("unknown output '{name}' (the model's outputs are: {expected})")]
+    UnknownOutput { name: String, expected: String },
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// A shape fits a spec when the ranks agree and every fixed dimension matches.
+fn shape_fits(spec: &[i64], got: &[i64]) -> bool {
+    spec.len() == got.len() && spec.iter().zip(got).all(|(&s, &g)| s < 0 || s == g)
+}
+
+impl ModelSignature {
+    /// Checks request inputs against the signature and returns them in the model's input order.
+    pub fn order_inputs(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ValidationError> {
+        let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
+        for tensor in inputs {
+            let Some(idx) = self.inputs.iter().position(|s| s.name == tensor.name) else {
+                return Err(ValidationError::UnknownInput { name: tensor.name, expected: names(&self.inputs) });
+            };
+            let spec = &self.inputs[idx];
+            if tensor.dtype() != spec.datatype {
+                let got = tensor.dtype();
+                return Err(ValidationError::WrongDatatype { name: tensor.name, expected: spec.datatype, got });
+            }
+            if !shape_fits(&spec.shape, &tensor.shape) {
+                return Err(ValidationError::WrongShape {
+                    name: tensor.name,
+                    expected: spec.shape.clone(),
+                    got: tensor.shape,
+                });
+            }
+            if slots[idx].is_some() {
+                return Err(ValidationError::DuplicateInput(tensor.name));
+            }
+            slots[idx] = Some(tensor);
+        }
+        slots
+            .into_iter()
+            .zip(&self.inputs)
+            .map(|(slot, spec)| {
+                slot.ok_or_else(|| ValidationError::MissingInput {
+                    name: spec.name.clone(),
+                    expected: names(&self.inputs),
+                })
+            })
+            .collect()
+    }
+
+    /// Maps requested output names to output indices; no names means every output.
+    pub fn select_outputs<'a>(
+        &self,
+        requested: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<usize>, ValidationError> {
+        let mut picked = Vec::new();
+        for name in requested {
+            let idx = self.outputs.iter().position(|s| s.name == name).ok_or_else(|| {
+                ValidationError::UnknownOutput { name: name.to_owned(), expected: names(&self.outputs) }
+            })?;
+            if !picked.contains(&idx) {
+                picked.push(idx);
+            }
+        }
+        if picked.is_empty() {
+            picked = (0..self.outputs.len()).collect();
+        }
+        Ok(picked)
+    }
+
+    /// Index of the input named `name`.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TensorData;
+
+    fn sig() -> ModelSignature {
+        ModelSignature {
+            inputs: vec![
+                TensorSpec { name: "a".into(), datatype: DataType::F32, shape: vec![-1, 3] },
+                TensorSpec { name: "b".into(), datatype: DataType::I64, shape: vec![-1] },
+            ],
+            outputs: vec![
+                TensorSpec { name: "y".into(), datatype: DataType::F32, shape: vec![-1, 1] },
+                TensorSpec { name: "z".into(), datatype: DataType::I64, shape: vec![-1] },
+            ],
+        }
+    }
+
+    fn a(rows: i64) -> Tensor {
+        Tensor::new("a", vec![rows, 3], TensorData::F32(vec![0.0; rows as usize * 3])).expect("valid")
+    }
+    fn b(rows: i64) -> Tensor {
+        Tensor::new("b", vec![rows], TensorData::I64(vec![0; rows as usize])).expect("valid")
+    }
+
+    #[test]
+    fn orders_inputs_by_signature() {
+        let got = sig().order_inputs(vec![b(2), a(2)]).expect("valid");
+        assert_eq!(got[0].name, "a");
+        assert_eq!(got[1].name, "b");
+    }
+
+    #[test]
+    fn refuses_what_the_model_cannot_take() {
+        let s = sig();
+        assert!(matches!(s.order_inputs(vec![a(1)]), Err(ValidationError::MissingInput { name, .. }) if name == "b"));
+        let mut c = a(1);
+        c.name = "c".into();
+        assert!(matches!(s.order_inputs(vec![c]), Err(ValidationError::UnknownInput { .. })));
+        assert!(matches!(s.order_inputs(vec![a(1), a(1), b(1)]), Err(ValidationError::DuplicateInput(_))));
+        let wrong_shape = Tensor::new("a", vec![1, 4], TensorData::F32(vec![0.0; 4])).expect("valid");
+        assert!(matches!(s.order_inputs(vec![wrong_shape, b(1)]), Err(ValidationError::WrongShape { .. })));
+        let wrong_type = Tensor::new("b", vec![1], TensorData::I32(vec![0])).expect("valid");
+        assert!(matches!(s.order_inputs(vec![a(1), wrong_type]), Err(ValidationError::WrongDatatype { .. })));
+    }
+
+    #[test]
+    fn selects_outputs() {
+        let s = sig();
+        assert_eq!(s.select_outputs([]).expect("valid"), vec![0, 1]);
+        assert_eq!(s.select_outputs(["z"]).expect("valid"), vec![1]);
+        assert!(matches!(s.select_outputs(["nope"]), Err(ValidationError::UnknownOutput { .. })));
+    }
+}

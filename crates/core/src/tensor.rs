@@ -1,0 +1,240 @@
+use half::f16;
+
+use crate::DataType;
+
+/// A tensor's elements in one typed, contiguous, row-major buffer.
+///
+/// Typed vectors (rather than raw bytes) keep every buffer correctly aligned for the engine, so a
+/// backend can hand the slice to ONNX Runtime or libtorch without copying it again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    Bool(Vec<bool>),
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Applies `$body` to the typed vector inside a [`TensorData`], whatever its datatype.
+#[macro_export]
+macro_rules! with_tensor_data {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            $crate::TensorData::Bool($v) => $body,
+            $crate::TensorData::U8($v) => $body,
+            $crate::TensorData::U16($v) => $body,
+            $crate::TensorData::U32($v) => $body,
+            $crate::TensorData::U64($v) => $body,
+            $crate::TensorData::I8($v) => $body,
+            $crate::TensorData::I16($v) => $body,
+            $crate::TensorData::I32($v) => $body,
+            $crate::TensorData::I64($v) => $body,
+            $crate::TensorData::F16($v) => $body,
+            $crate::TensorData::F32($v) => $body,
+            $crate::TensorData::F64($v) => $body,
+        }
+    };
+}
+
+/// Errors building a tensor from wire data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TensorError {
+    #[error("{got} bytes of binary data is not a whole number of {dtype} elements ({size} bytes each)")]
+    RaggedBytes { dtype: DataType, size: usize, got: usize },
+    #[error("BOOL binary data must be 0 or 1 per byte, found {0}")]
+    BadBool(u8),
+    #[error("shape {shape:?} has a negative dimension")]
+    NegativeDim { shape: Vec<i64> },
+    #[error("shape {shape:?} holds {expected} elements but {got} were given")]
+    LengthMismatch { shape: Vec<i64>, expected: u64, got: usize },
+}
+
+impl TensorData {
+    /// An empty buffer of the given datatype with room for `capacity` elements.
+    pub fn with_capacity(dtype: DataType, capacity: usize) -> Self {
+        match dtype {
+            DataType::Bool => TensorData::Bool(Vec::with_capacity(capacity)),
+            DataType::U8 => TensorData::U8(Vec::with_capacity(capacity)),
+            DataType::U16 => TensorData::U16(Vec::with_capacity(capacity)),
+            DataType::U32 => TensorData::U32(Vec::with_capacity(capacity)),
+            DataType::U64 => TensorData::U64(Vec::with_capacity(capacity)),
+            DataType::I8 => TensorData::I8(Vec::with_capacity(capacity)),
+            DataType::I16 => TensorData::I16(Vec::with_capacity(capacity)),
+            DataType::I32 => TensorData::I32(Vec::with_capacity(capacity)),
+            DataType::I64 => TensorData::I64(Vec::with_capacity(capacity)),
+            DataType::F16 => TensorData::F16(Vec::with_capacity(capacity)),
+            DataType::F32 => TensorData::F32(Vec::with_capacity(capacity)),
+            DataType::F64 => TensorData::F64(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// The datatype of the elements.
+    pub fn dtype(&self) -> DataType {
+        match self {
+            TensorData::Bool(_) => DataType::Bool,
+            TensorData::U8(_) => DataType::U8,
+            TensorData::U16(_) => DataType::U16,
+            TensorData::U32(_) => DataType::U32,
+            TensorData::U64(_) => DataType::U64,
+            TensorData::I8(_) => DataType::I8,
+            TensorData::I16(_) => DataType::I16,
+            TensorData::I32(_) => DataType::I32,
+            TensorData::I64(_) => DataType::I64,
+            TensorData::F16(_) => DataType::F16,
+            TensorData::F32(_) => DataType::F32,
+            TensorData::F64(_) => DataType::F64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_tensor_data!(self, v => v.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes the little-endian binary tensor encoding of the Open Inference Protocol.
+    pub fn from_le_bytes(dtype: DataType, bytes: &[u8]) -> Result<Self, TensorError> {
+        let size = dtype.size_in_bytes();
+        if bytes.len() % size != 0 {
+            return Err(TensorError::RaggedBytes { dtype, size, got: bytes.len() });
+        }
+        macro_rules! decode {
+            ($variant:ident, $t:ty) => {
+                TensorData::$variant(
+                    bytes
+                        .chunks_exact(size)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk has the element size")))
+                        .collect(),
+                )
+            };
+        }
+        Ok(match dtype {
+            DataType::Bool => TensorData::Bool(
+                bytes
+                    .iter()
+                    .map(|&b| match b {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        other => Err(TensorError::BadBool(other)),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataType::U8 => TensorData::U8(bytes.to_vec()),
+            DataType::I8 => TensorData::I8(bytes.iter().map(|&b| b as i8).collect()),
+            DataType::U16 => decode!(U16, u16),
+            DataType::U32 => decode!(U32, u32),
+            DataType::U64 => decode!(U64, u64),
+            DataType::I16 => decode!(I16, i16),
+            DataType::I32 => decode!(I32, i32),
+            DataType::I64 => decode!(I64, i64),
+            DataType::F16 => decode!(F16, f16),
+            DataType::F32 => decode!(F32, f32),
+            DataType::F64 => decode!(F64, f64),
+        })
+    }
+
+    /// Appends the little-endian binary encoding of every element to `out`.
+    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len() * self.dtype().size_in_bytes());
+        match self {
+            TensorData::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
+            TensorData::U8(v) => out.extend_from_slice(v),
+            TensorData::I8(v) => out.extend(v.iter().map(|&b| b as u8)),
+            TensorData::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::U32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::U64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::F16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        }
+    }
+}
+
+/// A named tensor: what a request carries in and a response carries out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that `shape` is non-negative and holds exactly `data.len()` elements.
+    pub fn new(name: impl Into<String>, shape: Vec<i64>, data: TensorData) -> Result<Self, TensorError> {
+        let expected = element_count(&shape)?;
+        if expected != data.len() as u64 {
+            return Err(TensorError::LengthMismatch { shape, expected, got: data.len() });
+        }
+        Ok(Tensor { name: name.into(), shape, data })
+    }
+
+    /// The datatype of the elements.
+    pub fn dtype(&self) -> DataType {
+        self.data.dtype()
+    }
+}
+
+/// Number of elements a shape holds; saturates instead of overflowing on absurd shapes.
+pub(crate) fn element_count(shape: &[i64]) -> Result<u64, TensorError> {
+    shape.iter().try_fold(1u64, |acc, &d| {
+        if d < 0 {
+            Err(TensorError::NegativeDim { shape: shape.to_vec() })
+        } else {
+            Ok(acc.saturating_mul(d as u64))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_round_trip_every_dtype() {
+        for dtype in DataType::ALL {
+            let n = 5usize;
+            let bytes: Vec<u8> = (0..n * dtype.size_in_bytes())
+                .map(|i| if dtype == DataType::Bool { (i % 2) as u8 } else { (i * 7 % 251) as u8 })
+                .collect();
+            let data = TensorData::from_le_bytes(dtype, &bytes).expect("valid bytes");
+            assert_eq!(data.dtype(), dtype);
+            assert_eq!(data.len(), n);
+            let mut back = Vec::new();
+            data.write_le_bytes(&mut back);
+            assert_eq!(back, bytes, "{dtype}");
+        }
+    }
+
+    #[test]
+    fn ragged_and_bad_bool_bytes_are_refused() {
+        assert!(matches!(
+            TensorData::from_le_bytes(DataType::F32, &[0; 6]),
+            Err(TensorError::RaggedBytes { got: 6, .. })
+        ));
+        assert_eq!(TensorData::from_le_bytes(DataType::Bool, &[0, 2]), Err(TensorError::BadBool(2)));
+    }
+
+    #[test]
+    fn shape_must_match_length() {
+        let ok = Tensor::new("x", vec![2, 2], TensorData::F32(vec![0.0; 4]));
+        assert!(ok.is_ok());
+        let bad = Tensor::new("x", vec![2, 3], TensorData::F32(vec![0.0; 4]));
+        assert!(matches!(bad, Err(TensorError::LengthMismatch { expected: 6, got: 4, .. })));
+        let neg = Tensor::new("x", vec![-1, 4], TensorData::F32(vec![0.0; 4]));
+        assert!(matches!(neg, Err(TensorError::NegativeDim { .. })));
+    }
+}
