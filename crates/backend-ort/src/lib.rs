@@ -1,1 +1,202 @@
-//! placeholder
+//! ONNX Runtime backend. `libonnxruntime` is opened at run time (`ort`'s `load-dynamic`), so the
+//! build never downloads anything: [`provision`] finds the library or fetches the pinned PyPI wheel
+//! with pip on first use. Each [`OrtBackend`] owns one session and is driven by one worker thread.
+
+mod provision;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use sluice_core::{
+    Backend, BackendError, BackendInfo, DataType, Device, ModelSignature, Tensor, TensorData, TensorSpec,
+};
+
+pub use provision::{ORT_VERSION, ProvisionError, locate_or_provision};
+
+/// Per-model settings for ONNX Runtime sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrtOptions {
+    /// Threads ONNX Runtime may use inside one operator. One per instance is the measured best on
+    /// small machines: instances already run in parallel, and ORT's own pool would oversubscribe.
+    pub intra_op_threads: usize,
+    pub device: Device,
+}
+
+impl Default for OrtOptions {
+    fn default() -> Self {
+        OrtOptions { intra_op_threads: 1, device: Device::Cpu }
+    }
+}
+
+/// The process-wide ONNX Runtime environment (ONNX Runtime allows one per process).
+static ENVIRONMENT: OnceLock<(PathBuf, Environment)> = OnceLock::new();
+static INIT: Mutex<()> = Mutex::new(());
+
+/// Opens `libonnxruntime` at `library` and creates the environment, once per process. Calling it
+/// again with the same library is free; with another library it is an error, since a process
+/// cannot hold two copies of ONNX Runtime.
+pub fn init(library: &Path) -> Result<&'static Environment, BackendError> {
+    if let Some((path, env)) = ENVIRONMENT.get() {
+        return same_library(path, library).map(|()| env);
+    }
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((path, env)) = ENVIRONMENT.get() {
+        return same_library(path, library).map(|()| env);
+    }
+    if !library.is_file() {
+        return Err(BackendError::Load(format!("ONNX Runtime library {} does not exist", library.display())));
+    }
+    // `init_from` panics (rather than erroring) on a library older than the API version we were
+    // compiled for; turn that into an error the user can act on.
+    let builder = std::panic::catch_unwind(|| ort::init_from(library))
+        .map_err(|_| {
+            BackendError::Load(format!(
+                "{} is not a usable ONNX Runtime {ORT_VERSION} or newer library",
+                library.display()
+            ))
+        })?
+        .map_err(|e| BackendError::Load(format!("cannot open {}: {e}", library.display())))?;
+    let env = builder
+        .with_name("sluice")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| BackendError::Load(format!("cannot create the ONNX Runtime environment: {e}")))?;
+    let (_, env) = ENVIRONMENT.get_or_init(|| (library.to_path_buf(), env));
+    Ok(env)
+}
+
+fn same_library(loaded: &Path, wanted: &Path) -> Result<(), BackendError> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canon(loaded) == canon(wanted) {
+        Ok(())
+    } else {
+        Err(BackendError::Load(format!(
+            "ONNX Runtime is already loaded from {}; cannot also load {}",
+            loaded.display(),
+            wanted.display()
+        )))
+    }
+}
+
+fn datatype(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::U8,
+        TensorElementType::Uint16 => DataType::U16,
+        TensorElementType::Uint32 => DataType::U32,
+        TensorElementType::Uint64 => DataType::U64,
+        TensorElementType::Int8 => DataType::I8,
+        TensorElementType::Int16 => DataType::I16,
+        TensorElementType::Int32 => DataType::I32,
+        TensorElementType::Int64 => DataType::I64,
+        TensorElementType::Float16 => DataType::F16,
+        TensorElementType::Float32 => DataType::F32,
+        TensorElementType::Float64 => DataType::F64,
+        _ => return None,
+    })
+}
+
+fn spec(name: &str, ty: &ValueType, what: &str) -> Result<TensorSpec, BackendError> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let datatype = datatype(*ty).ok_or_else(|| {
+                BackendError::Unsupported(format!("{what} '{name}' has element type {ty}, which Sluice cannot serve"))
+            })?;
+            Ok(TensorSpec { name: name.to_owned(), datatype, shape: shape.to_vec() })
+        }
+        other => Err(BackendError::Unsupported(format!("{what} '{name}' is a {other}, not a tensor"))),
+    }
+}
+
+/// One ONNX Runtime session: one model instance.
+pub struct OrtBackend {
+    session: Session,
+    signature: ModelSignature,
+    device: Device,
+}
+
+impl OrtBackend {
+    /// Loads the model at `path` into a new session of the process environment.
+    pub fn load(env: &Environment, path: &Path, options: &OrtOptions) -> Result<Self, BackendError> {
+        if options.device != Device::Cpu {
+            return Err(BackendError::Unsupported(format!(
+                "device {} needs a build with GPU support; this build runs ONNX models on cpu only",
+                options.device
+            )));
+        }
+        let load_err = |e: ort::Error<_>| BackendError::Load(format!("{}: {e}", path.display()));
+        let session = Session::builder(env)
+            .map_err(|e| BackendError::Load(e.to_string()))?
+            .with_intra_threads(options.intra_op_threads.max(1))
+            .map_err(load_err)?
+            .with_inter_threads(1)
+            .map_err(load_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(load_err)?
+            .commit_from_file(path)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let inputs = session.inputs().iter().map(|o| spec(o.name(), o.dtype(), "input")).collect::<Result<_, _>>()?;
+        let outputs =
+            session.outputs().iter().map(|o| spec(o.name(), o.dtype(), "output")).collect::<Result<_, _>>()?;
+        Ok(OrtBackend { session, signature: ModelSignature { inputs, outputs }, device: options.device })
+    }
+}
+
+fn input_value<'a>(t: &'a Tensor) -> ort::Result<SessionInputValue<'a>> {
+    let shape = t.shape.as_slice();
+    Ok(sluice_core::with_tensor_data!(&t.data, v => TensorRef::from_array_view((shape, v.as_slice()))?.into()))
+}
+
+fn extract(value: &ort::value::DynValue, dtype: DataType) -> ort::Result<(Vec<i64>, TensorData)> {
+    macro_rules! take {
+        ($variant:ident, $t:ty) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>()?;
+            (shape.to_vec(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    Ok(match dtype {
+        DataType::Bool => take!(Bool, bool),
+        DataType::U8 => take!(U8, u8),
+        DataType::U16 => take!(U16, u16),
+        DataType::U32 => take!(U32, u32),
+        DataType::U64 => take!(U64, u64),
+        DataType::I8 => take!(I8, i8),
+        DataType::I16 => take!(I16, i16),
+        DataType::I32 => take!(I32, i32),
+        DataType::I64 => take!(I64, i64),
+        DataType::F16 => take!(F16, half::f16),
+        DataType::F32 => take!(F32, f32),
+        DataType::F64 => take!(F64, f64),
+    })
+}
+
+impl Backend for OrtBackend {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo { platform: "onnxruntime", device: self.device }
+    }
+
+    fn infer(&mut self, inputs: &[Tensor], outputs: &[usize]) -> Result<Vec<Tensor>, BackendError> {
+        let fail = |e: ort::Error| BackendError::Inference(e.to_string());
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.as_str(), input_value(t)?)))
+            .collect::<ort::Result<Vec<_>>>()
+            .map_err(fail)?;
+        let results = self.session.run(values).map_err(fail)?;
+        outputs
+            .iter()
+            .map(|&idx| {
+                let spec = &self.signature.outputs[idx];
+                let (shape, data) = extract(&results[spec.name.as_str()], spec.datatype).map_err(fail)?;
+                Ok(Tensor { name: spec.name.clone(), shape, data })
+            })
+            .collect()
+    }
+}

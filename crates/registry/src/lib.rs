@@ -1,1 +1,334 @@
-//! placeholder
+//! The model registry: named, versioned model artifacts in an embedded SQLite store, with the
+//! bytes kept once per content hash under `<home>/artifacts/sha256/`. Registration reads the
+//! model's signature from the file, so a corrupt or non-model file is refused before it is stored.
+#![forbid(unsafe_code)]
+
+mod onnx;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sluice_core::ModelSignature;
+
+pub use onnx::{OnnxError, read_signature};
+
+/// Registry failures; messages are meant for the person at the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    NotAModel { path: PathBuf, source: OnnxError },
+    #[error("model '{0}' is not registered")]
+    UnknownModel(String),
+    #[error("model '{name}' has no version {version}")]
+    UnknownVersion { name: String, version: u32 },
+    #[error(
+        "invalid model name '{0}': use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    InvalidName(String),
+    #[error("invalid model reference '{0}': expected NAME or NAME:VERSION with VERSION a positive integer")]
+    InvalidReference(String),
+    #[error("invalid tag '{0}': expected KEY=VALUE")]
+    InvalidTag(String),
+    #[error("registry store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("artifact store: {0}")]
+    Artifact(#[from] std::io::Error),
+    #[error("registry store holds an unreadable record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// `NAME` or `NAME:VERSION`, as the CLI and `sluice serve` take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    pub name: String,
+    /// `None` means the latest version.
+    pub version: Option<u32>,
+}
+
+impl FromStr for ModelRef {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, version) = match s.split_once(':') {
+            None => (s, None),
+            Some((name, v)) => {
+                let v: u32 = v.parse().map_err(|_| RegistryError::InvalidReference(s.into()))?;
+                if v == 0 {
+                    return Err(RegistryError::InvalidReference(s.into()));
+                }
+                (name, Some(v))
+            }
+        };
+        validate_name(name)?;
+        Ok(ModelRef { name: name.into(), version })
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.version {
+            Some(v) => write!(f, "{}:{v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok { Ok(()) } else { Err(RegistryError::InvalidName(name.into())) }
+}
+
+/// Parses `KEY=VALUE` tags from the command line.
+pub fn parse_tag(s: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().into(), v.into())),
+        _ => Err(RegistryError::InvalidTag(s.into())),
+    }
+}
+
+/// One registered model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: u32,
+    /// Artifact format; `onnx` for now, TorchScript and plugins to follow.
+    pub format: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub signature: ModelSignature,
+    /// RFC 3339 UTC timestamp.
+    pub created_at: String,
+    /// Where the artifact's bytes live.
+    pub artifact_path: PathBuf,
+}
+
+/// Optional metadata given at registration.
+#[derive(Debug, Clone, Default)]
+pub struct RegisterOptions {
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The registry under one data directory.
+pub struct Registry {
+    conn: Connection,
+    artifacts: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS model_names (
+    name TEXT PRIMARY KEY,
+    -- versions are never reused, even after a delete, so NAME:VERSION always means the same bytes
+    next_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    name TEXT NOT NULL REFERENCES model_names(name),
+    version INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    description TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE INDEX IF NOT EXISTS model_versions_sha256 ON model_versions(sha256);
+";
+
+impl Registry {
+    /// Opens (creating if needed) the registry under the data directory `home`.
+    pub fn open(home: &Path) -> Result<Self> {
+        let artifacts = home.join("artifacts").join("sha256");
+        std::fs::create_dir_all(&artifacts)?;
+        let conn = Connection::open(home.join("sluice.db"))?;
+        // WAL lets `sluice serve` read while the CLI writes; FULL sync makes a returned
+        // registration durable even across power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Registry { conn, artifacts })
+    }
+
+    /// Registers the model file at `path` as the next version of `name`.
+    pub fn register(&mut self, name: &str, path: &Path, options: RegisterOptions) -> Result<ModelVersion> {
+        validate_name(name)?;
+        let artifact = self.store_artifact(path)?;
+        let tx = self.conn.transaction()?;
+        let next: u32 = tx
+            .query_row("SELECT next_version FROM model_names WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?
+            .unwrap_or(1);
+        tx.execute(
+            "INSERT INTO model_names(name, next_version) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET next_version = excluded.next_version",
+            params![name, next + 1],
+        )?;
+        tx.execute(
+            "INSERT INTO model_versions(name, version, format, sha256, size_bytes, description, tags, signature, created_at)
+             VALUES (?1, ?2, 'onnx', ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            params![
+                name,
+                next,
+                artifact.sha256,
+                artifact.size as i64,
+                options.description,
+                serde_json::to_string(&options.tags)?,
+                serde_json::to_string(&artifact.signature)?,
+            ],
+        )?;
+        tx.commit()?;
+        self.get(name, Some(next))
+    }
+
+    /// Returns the latest version of `name` whose bytes equal the file at `path`, registering the
+    /// file as a new version only when none does. Lets `sluice up` run any number of times.
+    pub fn register_if_changed(
+        &mut self,
+        name: &str,
+        path: &Path,
+        options: RegisterOptions,
+    ) -> Result<(ModelVersion, bool)> {
+        let bytes = std::fs::read(path).map_err(|source| RegistryError::Read { path: path.into(), source })?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let existing: Option<u32> = self
+            .conn
+            .query_row(
+                "SELECT MAX(version) FROM model_versions WHERE name = ?1 AND sha256 = ?2",
+                params![name, sha],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        match existing {
+            Some(v) => Ok((self.get(name, Some(v))?, false)),
+            None => Ok((self.register(name, path, options)?, true)),
+        }
+    }
+
+    /// Every registered version, by name then version.
+    pub fn list(&self) -> Result<Vec<ModelVersion>> {
+        let mut stmt = self.conn.prepare(&format!("{SELECT} ORDER BY name, version"))?;
+        let rows = stmt.query_map([], |r| self.row(r))?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// One version; `None` means the latest.
+    pub fn get(&self, name: &str, version: Option<u32>) -> Result<ModelVersion> {
+        let found = match version {
+            Some(v) => self
+                .conn
+                .query_row(&format!("{SELECT} WHERE name = ?1 AND version = ?2"), params![name, v], |r| {
+                    self.row(r)
+                })
+                .optional()?,
+            None => self
+                .conn
+                .query_row(&format!("{SELECT} WHERE name = ?1 ORDER BY version DESC LIMIT 1"), [name], |r| {
+                    self.row(r)
+                })
+                .optional()?,
+        };
+        match (found, version) {
+            (Some(mv), _) => mv,
+            (None, Some(version)) if self.has_name(name)? => {
+                Err(RegistryError::UnknownVersion { name: name.into(), version })
+            }
+            (None, _) => Err(RegistryError::UnknownModel(name.into())),
+        }
+    }
+
+    /// Resolves a reference.
+    pub fn resolve(&self, r: &ModelRef) -> Result<ModelVersion> {
+        self.get(&r.name, r.version)
+    }
+
+    /// Deletes one version; its artifact is removed when no other version shares the bytes.
+    pub fn delete(&mut self, name: &str, version: u32) -> Result<ModelVersion> {
+        let mv = self.get(name, Some(version))?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM model_versions WHERE name = ?1 AND version = ?2", params![name, version])?;
+        let shared: i64 =
+            tx.query_row("SELECT COUNT(*) FROM model_versions WHERE sha256 = ?1", [&mv.sha256], |r| r.get(0))?;
+        tx.commit()?;
+        if shared == 0 {
+            // After the commit: a crash here leaves an unreferenced file, never a dangling record.
+            match std::fs::remove_file(&mv.artifact_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(mv)
+    }
+
+    fn has_name(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM model_versions WHERE name = ?1 LIMIT 1", [name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ModelVersion>> {
+        let sha256: String = r.get(3)?;
+        let tags: String = r.get(6)?;
+        let signature: String = r.get(7)?;
+        let size: i64 = r.get(4)?;
+        Ok((|| {
+            Ok(ModelVersion {
+                name: r.get(0)?,
+                version: r.get(1)?,
+                format: r.get(2)?,
+                artifact_path: self.artifacts.join(&sha256),
+                sha256,
+                size_bytes: size as u64,
+                description: r.get(5)?,
+                tags: serde_json::from_str(&tags)?,
+                signature: serde_json::from_str(&signature)?,
+                created_at: r.get(8)?,
+            })
+        })())
+    }
+
+    /// Validates the file and copies it into the content-addressed store (once per content).
+    fn store_artifact(&self, path: &Path) -> Result<StoredArtifact> {
+        let bytes = std::fs::read(path).map_err(|source| RegistryError::Read { path: path.into(), source })?;
+        let signature =
+            read_signature(&bytes).map_err(|source| RegistryError::NotAModel { path: path.into(), source })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let dest = self.artifacts.join(&sha256);
+        if !dest.exists() {
+            // Write to a temporary file in the same folder, sync, then rename: a crash never leaves
+            // a half-written artifact under its final name.
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
+            tmp.write_all(&bytes)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&dest).map_err(|e| e.error)?;
+        }
+        Ok(StoredArtifact { sha256, size: bytes.len() as u64, signature })
+    }
+}
+
+struct StoredArtifact {
+    sha256: String,
+    size: u64,
+    signature: ModelSignature,
+}
+
+const SELECT: &str = "SELECT name, version, format, sha256, size_bytes, description, tags, signature, created_at FROM model_versions";
