@@ -1,0 +1,123 @@
+//! `sluice model ...`: the registry from the command line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use sluice_registry::{ModelRef, ModelVersion, RegisterOptions, Registry, parse_tag};
+
+use crate::Output;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Register an ONNX file as the next version of NAME (versions are 1, 2, 3...).
+    Register {
+        /// Model name: letters, digits, '.', '_' and '-'.
+        name: String,
+        /// Path of the .onnx file.
+        path: PathBuf,
+        /// Free-text description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// KEY=VALUE tag; repeat for several.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List every registered model version.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one version (the latest when VERSION is left out) with its inputs and outputs.
+    Show {
+        /// NAME or NAME:VERSION.
+        reference: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete one version; its file is removed when no other version has the same bytes.
+    Delete {
+        /// NAME:VERSION (the version is required, so a typo cannot delete the latest).
+        reference: String,
+    },
+}
+
+pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
+    let mut registry = Registry::open(home).with_context(|| format!("opening the registry in {}", home.display()))?;
+    match cmd {
+        ModelCommand::Register { name, path, description, tags, output } => {
+            let tags = tags.iter().map(|t| parse_tag(t)).collect::<Result<BTreeMap<_, _>, _>>()?;
+            let mv = registry.register(&name, &path, RegisterOptions { description, tags })?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&mv)?),
+                Output::Table => println!("registered {}:{} (sha256 {})", mv.name, mv.version, &mv.sha256[..12]),
+            }
+        }
+        ModelCommand::List { output } => {
+            let all = registry.list()?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
+                Output::Table => print_table(&all),
+            }
+        }
+        ModelCommand::Show { reference, output } => {
+            let mv = registry.resolve(&reference.parse::<ModelRef>()?)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&mv)?),
+                Output::Table => print_details(&mv),
+            }
+        }
+        ModelCommand::Delete { reference } => {
+            let r: ModelRef = reference.parse()?;
+            let version = r
+                .version
+                .ok_or_else(|| anyhow::anyhow!("give the version to delete: {}:VERSION", r.name))?;
+            let mv = registry.delete(&r.name, version)?;
+            println!("deleted {}:{}", mv.name, mv.version);
+        }
+    }
+    Ok(())
+}
+
+fn print_table(all: &[ModelVersion]) {
+    if all.is_empty() {
+        println!("no models registered; add one with `sluice model register NAME PATH`");
+        return;
+    }
+    println!("{:<24} {:>7}  {:<6} {:>12}  {:<12}  {:<24}  DESCRIPTION", "NAME", "VERSION", "FORMAT", "SIZE", "SHA256", "CREATED");
+    for mv in all {
+        println!(
+            "{:<24} {:>7}  {:<6} {:>12}  {:<12}  {:<24}  {}",
+            mv.name,
+            mv.version,
+            mv.format,
+            mv.size_bytes,
+            &mv.sha256[..12],
+            mv.created_at,
+            mv.description
+        );
+    }
+}
+
+fn print_details(mv: &ModelVersion) {
+    println!("name:        {}", mv.name);
+    println!("version:     {}", mv.version);
+    println!("format:      {}", mv.format);
+    println!("sha256:      {}", mv.sha256);
+    println!("size:        {} bytes", mv.size_bytes);
+    println!("created:     {}", mv.created_at);
+    println!("description: {}", mv.description);
+    if !mv.tags.is_empty() {
+        let tags: Vec<String> = mv.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("tags:        {}", tags.join(", "));
+    }
+    for (title, specs) in [("inputs", &mv.signature.inputs), ("outputs", &mv.signature.outputs)] {
+        println!("{title}:");
+        for s in specs {
+            println!("  {:<20} {:<6} {:?}", s.name, s.datatype.as_str(), s.shape);
+        }
+    }
+}

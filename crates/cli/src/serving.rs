@@ -1,0 +1,292 @@
+//! `sluice serve` and `sluice up`: resolve models, load them into the runtime, serve HTTP.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use sluice_backend_ort::{OrtBackend, OrtOptions};
+use sluice_core::Backend;
+use sluice_registry::{ModelRef, RegisterOptions, Registry};
+use sluice_runtime::{ModelConfig, ModelHandle};
+use sluice_server::{AppState, Repository, ServerConfig};
+
+/// Runtime limits and parallelism, shared by `serve` and `up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuningArgs {
+    /// Instances of each model, each on its own thread [default: one per CPU core].
+    #[arg(long, env = "SLUICE_INSTANCES")]
+    pub instances: Option<usize>,
+    /// ONNX Runtime threads inside one instance. 1 is fastest when instances fill the cores.
+    #[arg(long, env = "SLUICE_INTRA_OP_THREADS", default_value_t = 1)]
+    pub intra_op_threads: usize,
+    /// Requests admitted per model at once (Azure ML: replica_max_concurrent_requests).
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
+    /// Requests that may wait for admission per model; beyond this they get 503 at once.
+    #[arg(long, env = "SLUICE_MAX_QUEUED_REQUESTS", default_value_t = 256)]
+    pub max_queued_requests: usize,
+    /// Milliseconds a request waits for admission before 503 (Azure ML: max_request_wait_time).
+    #[arg(long, env = "SLUICE_MAX_REQUEST_WAIT_MS", default_value_t = 500)]
+    pub max_request_wait_ms: u64,
+    /// Milliseconds an admitted request may take before 504 (Azure ML: scoring_timeout_ms).
+    #[arg(long, env = "SLUICE_SCORING_TIMEOUT_MS", default_value_t = 60_000)]
+    pub scoring_timeout_ms: u64,
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// JSON file of per-model settings that override the flags above, e.g.
+    /// {"mlp-large": {"instance_count": 2, "intra_op_threads": 1, "scoring_timeout_ms": 5000}}.
+    #[arg(long, env = "SLUICE_MODEL_CONFIG")]
+    pub model_config: Option<PathBuf>,
+    /// Path of libonnxruntime.so to use. Without it, sluice uses the copy in its data directory
+    /// and fetches the pinned onnxruntime wheel from PyPI with pip the first time.
+    #[arg(long, env = "SLUICE_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// Per-model settings from `--model-config`; Azure ML deployment-config names where one exists.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelOverrides {
+    instance_count: Option<usize>,
+    intra_op_threads: Option<usize>,
+    replica_max_concurrent_requests: Option<usize>,
+    max_queued_requests: Option<usize>,
+    max_request_wait_time: Option<u64>,
+    scoring_timeout_ms: Option<u64>,
+    device: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Models to serve: NAME or NAME:VERSION from the registry, or the path of an .onnx file.
+    #[arg(required = true, value_name = "MODEL")]
+    pub models: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "SLUICE_PORT", default_value_t = 8000)]
+    pub port: u16,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "SLUICE_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Folder of bundled .onnx models [default: ./models, else the one in the source tree].
+    #[arg(long, env = "SLUICE_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// A model to load: where its bytes are and what to call it.
+struct ModelSource {
+    name: String,
+    version: String,
+    path: PathBuf,
+}
+
+fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
+    let mut registry = None;
+    specs
+        .iter()
+        .map(|spec| {
+            let path = Path::new(spec);
+            if path.is_file() {
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .ok_or_else(|| anyhow::anyhow!("cannot name a model after {}", path.display()))?;
+                return Ok(ModelSource { name: name.to_owned(), version: "1".into(), path: path.to_path_buf() });
+            }
+            if spec.ends_with(".onnx") || spec.contains('/') {
+                bail!("model file {spec} does not exist");
+            }
+            let reference: ModelRef = spec.parse()?;
+            if registry.is_none() {
+                registry = Some(Registry::open(home)?);
+            }
+            let registry = registry.as_ref().expect("opened above");
+            let mv = registry.resolve(&reference).with_context(|| format!("cannot serve {spec}"))?;
+            Ok(ModelSource { name: mv.name, version: mv.version.to_string(), path: mv.artifact_path })
+        })
+        .collect()
+}
+
+fn load_overrides(path: Option<&Path>) -> anyhow::Result<BTreeMap<String, ModelOverrides>> {
+    let Some(path) = path else { return Ok(BTreeMap::new()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("invalid model config {}", path.display()))
+}
+
+fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<(ModelConfig, OrtOptions)> {
+    let defaults = ModelConfig::for_this_machine();
+    let config = ModelConfig {
+        instance_count: o.instance_count.or(tuning.instances).unwrap_or(defaults.instance_count),
+        max_concurrent_requests: o.replica_max_concurrent_requests.unwrap_or(tuning.max_concurrent_requests),
+        max_queued_requests: o.max_queued_requests.unwrap_or(tuning.max_queued_requests),
+        max_request_wait: Duration::from_millis(o.max_request_wait_time.unwrap_or(tuning.max_request_wait_ms)),
+        scoring_timeout: Duration::from_millis(o.scoring_timeout_ms.unwrap_or(tuning.scoring_timeout_ms)),
+    };
+    if config.scoring_timeout.is_zero() {
+        bail!("scoring_timeout_ms must be greater than 0");
+    }
+    let intra_op_threads = o.intra_op_threads.unwrap_or(tuning.intra_op_threads);
+    if intra_op_threads == 0 {
+        bail!("intra_op_threads must be at least 1");
+    }
+    let device = o.device.as_deref().unwrap_or("cpu").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    Ok((config, OrtOptions { intra_op_threads, device }))
+}
+
+/// Loads every model and returns the repository to serve.
+fn load_models(home: &Path, tuning: &TuningArgs, sources: Vec<ModelSource>) -> anyhow::Result<Repository> {
+    let overrides = load_overrides(tuning.model_config.as_deref())?;
+    if let Some(unknown) = overrides.keys().find(|k| !sources.iter().any(|s| &s.name == *k)) {
+        bail!("the model config names '{unknown}', which is not among the models being served");
+    }
+    let library = sluice_backend_ort::locate_or_provision(tuning.ort_lib.as_deref(), home)?;
+    let env = sluice_backend_ort::init(&library)?;
+    let mut repository = Repository::default();
+    for source in sources {
+        let (config, options) = model_config(tuning, overrides.get(&source.name).unwrap_or(&ModelOverrides::default()))
+            .with_context(|| format!("model {}", source.name))?;
+        let started = Instant::now();
+        let instances = config.instance_count;
+        let handle = ModelHandle::start(&source.name, &source.version, config, |_| {
+            OrtBackend::load(env, &source.path, &options).map(|b| Box::new(b) as Box<dyn Backend>)
+        })
+        .with_context(|| format!("loading {}:{}", source.name, source.version))?;
+        tracing::info!(
+            model = %source.name,
+            version = %source.version,
+            instances,
+            intra_op_threads = options.intra_op_threads,
+            load_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        repository.insert(handle).map_err(anyhow::Error::msg)?;
+    }
+    Ok(repository)
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sluice-http").build()?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    eprintln!("sluice: shutting down; finishing in-flight requests");
+}
+
+/// Binds, loads, prints `banner(addr)` and serves until Ctrl-C or SIGTERM.
+fn run_server(
+    home: &Path,
+    host: &str,
+    port: u16,
+    tuning: &TuningArgs,
+    sources: Vec<ModelSource>,
+    banner: impl FnOnce(SocketAddr, &Repository) -> String,
+) -> anyhow::Result<()> {
+    let runtime = tokio_runtime()?;
+    // Bind before loading so a busy port fails at once, not after a slow model load.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind((host, port)))
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let addr = listener.local_addr()?;
+    let repository = load_models(home, tuning, sources)?;
+    let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes });
+    println!("{}", banner(addr, &state.repository));
+    runtime.block_on(sluice_server::serve(listener, state, shutdown_signal()))?;
+    eprintln!("sluice: stopped");
+    Ok(())
+}
+
+fn listing(repository: &Repository) -> String {
+    repository.all().map(|m| format!("{}:{}", m.name(), m.version())).collect::<Vec<_>>().join(", ")
+}
+
+pub fn serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    let sources = resolve(home, &args.models)?;
+    run_server(home, &args.host, args.port, &args.tuning, sources, |addr, repo| {
+        format!("sluice: serving {} on http://{addr}", listing(repo))
+    })
+}
+
+fn bundled_models_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir);
+    }
+    let local = PathBuf::from("models");
+    if local.join("mlp-small.onnx").is_file() {
+        return Ok(local);
+    }
+    let source_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    if source_tree.join("mlp-small.onnx").is_file() {
+        return Ok(source_tree);
+    }
+    bail!("cannot find the bundled models: run from the sluice checkout or pass --models-dir")
+}
+
+pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
+    let dir = bundled_models_dir(args.models_dir)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .onnx models in {}", dir.display());
+    }
+    std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+    let mut registry = Registry::open(home)?;
+    let mut sources = Vec::new();
+    for file in files {
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        let options = RegisterOptions { description: "bundled with sluice".into(), ..Default::default() };
+        let (mv, new) = registry.register_if_changed(&name, &file, options)?;
+        if new {
+            eprintln!("sluice: registered {}:{} from {}", mv.name, mv.version, file.display());
+        }
+        sources.push(ModelSource { name: mv.name, version: mv.version.to_string(), path: mv.artifact_path });
+    }
+    drop(registry);
+    run_server(home, &args.host, args.port, &args.tuning, sources, |addr, repo| {
+        format!(
+            "\nSluice is serving {} on http://{addr} (data in {})\n\nTry it:\n  \
+             curl -s http://{addr}/models/tabular-mixed/score -H 'Content-Type: application/json' \\\n    \
+             -d '{{\"inputs\": {{\"features\": [[0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]], \"category\": [3]}}}}'\n  \
+             curl -s http://{addr}/v2/models/tabular-mixed/infer -H 'Content-Type: application/json' \\\n    \
+             -d '{{\"inputs\": [{{\"name\": \"features\", \"shape\": [1, 8], \"datatype\": \"FP32\", \"data\": [0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]}}, \
+             {{\"name\": \"category\", \"shape\": [1], \"datatype\": \"INT64\", \"data\": [3]}}]}}'\n  \
+             curl -s http://{addr}/metrics\n\nPress Ctrl-C to stop.",
+            listing(repo),
+            home.display()
+        )
+    })
+}

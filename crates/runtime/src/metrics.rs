@@ -1,0 +1,42 @@
+use sluice_telemetry::{Counter, Histogram};
+
+/// Error classes counted per model; bounded, so they are safe as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    Overloaded,
+    Timeout,
+    Internal,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 4] = [ErrorKind::BadRequest, ErrorKind::Overloaded, ErrorKind::Timeout, ErrorKind::Internal];
+
+    /// The `error_type` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Metrics of one model version, updated lock-free on the request path.
+#[derive(Debug, Default)]
+pub struct ModelMetrics {
+    pub requests: Counter,
+    pub errors: [Counter; 4],
+    /// Requests dropped from the queue because their client had gone.
+    pub abandoned: Counter,
+    pub request: Histogram,
+    pub queue: Histogram,
+    pub inference: Histogram,
+}
+
+impl ModelMetrics {
+    pub fn error(&self, kind: ErrorKind) -> &Counter {
+        &self.errors[kind as usize]
+    }
+}

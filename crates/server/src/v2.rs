@@ -1,0 +1,327 @@
+//! Open Inference Protocol v2 (KServe v2 / Triton) REST: health, metadata, readiness and infer,
+//! with JSON tensors and the binary tensor data extension.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sluice_core::{DataType, Tensor, TensorData, TensorSpec};
+use sluice_runtime::ModelHandle;
+
+use crate::error::ApiError;
+use crate::json::{FlatData, decode_data};
+use crate::{AppState, Body, instrumented, read_body};
+
+/// Header that splits a binary-extension body into its JSON part and its binary part.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Deserialize)]
+struct WireRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<RequestParameters>,
+    #[serde(borrow)]
+    inputs: Vec<WireInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<WireRequestedOutput>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RequestParameters {
+    #[serde(default)]
+    binary_data_output: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct WireInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<InputParameters>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct InputParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireRequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<OutputParameters>,
+}
+
+#[derive(Deserialize, Default)]
+struct OutputParameters {
+    #[serde(default)]
+    binary_data: Option<bool>,
+}
+
+/// An infer request after decoding, before validation against the model.
+struct InferRequest {
+    id: Option<String>,
+    inputs: Vec<Tensor>,
+    /// Requested outputs by name with their own `binary_data` choice; empty means all outputs.
+    outputs: Vec<(String, Option<bool>)>,
+    binary_by_default: bool,
+}
+
+fn decode(headers: &HeaderMap, body: &Bytes) -> Result<InferRequest, ApiError> {
+    let (json, mut binary) = match headers.get(HEADER_LENGTH) {
+        None => (&body[..], &[][..]),
+        Some(v) => {
+            let len: usize = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+                ApiError::bad_request(format!("{HEADER_LENGTH} must be a byte count, got {v:?}"))
+            })?;
+            if len > body.len() {
+                return Err(ApiError::bad_request(format!(
+                    "{HEADER_LENGTH} is {len} but the body has only {} bytes",
+                    body.len()
+                )));
+            }
+            body.split_at(len)
+        }
+    };
+    let wire: WireRequest<'_> =
+        serde_json::from_slice(json).map_err(|e| ApiError::bad_request(format!("malformed request JSON: {e}")))?;
+    let mut inputs = Vec::with_capacity(wire.inputs.len());
+    for input in wire.inputs {
+        let bad = |what: String| ApiError::bad_request(format!("input '{}': {what}", input.name));
+        let dtype: DataType = input.datatype.parse().map_err(|e| bad(format!("{e}")))?;
+        let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
+        let data = match (binary_size, input.data) {
+            (Some(_), Some(_)) => return Err(bad("has both binary_data_size and JSON data".into())),
+            (None, None) => return Err(bad("has no data (give \"data\" or binary_data_size)".into())),
+            (None, Some(raw)) => decode_data(raw, dtype, None).map_err(|e| bad(format!("invalid data: {e}")))?,
+            (Some(size), None) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(bad(format!(
+                        "binary_data_size is {size} but only {} bytes of binary data remain",
+                        binary.len()
+                    )));
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                TensorData::from_le_bytes(dtype, mine).map_err(|e| bad(e.to_string()))?
+            }
+        };
+        inputs.push(Tensor::new(input.name.clone(), input.shape, data).map_err(|e| bad(e.to_string()))?);
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} bytes of binary data are not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+    let outputs = wire
+        .outputs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| (o.name, o.parameters.and_then(|p| p.binary_data)))
+        .collect();
+    Ok(InferRequest {
+        id: wire.id,
+        inputs,
+        outputs,
+        binary_by_default: wire.parameters.and_then(|p| p.binary_data_output).unwrap_or(false),
+    })
+}
+
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<WireOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireOutput<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<FlatData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[bool]) -> Result<Response, ApiError> {
+    let mut blob = Vec::new();
+    let wire = WireResponse {
+        model_name: model.name(),
+        model_version: model.version(),
+        id,
+        outputs: outputs
+            .iter()
+            .zip(binary)
+            .map(|(t, &as_binary)| {
+                let (parameters, data) = if as_binary {
+                    let before = blob.len();
+                    t.data.write_le_bytes(&mut blob);
+                    (Some(BinarySize { binary_data_size: blob.len() - before }), None)
+                } else {
+                    (None, Some(FlatData(&t.data)))
+                };
+                WireOutput { name: &t.name, datatype: t.dtype().as_str(), shape: &t.shape, parameters, data }
+            })
+            .collect(),
+    };
+    let estimate: usize = outputs.iter().map(|t| t.data.len() * 12).sum::<usize>() + 128;
+    let mut body = Vec::with_capacity(estimate + blob.len());
+    serde_json::to_writer(&mut body, &wire).map_err(|e| ApiError::Internal(format!("encoding the response: {e}")))?;
+    if blob.is_empty() && !binary.contains(&true) {
+        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response());
+    }
+    let json_len = body.len();
+    body.extend_from_slice(&blob);
+    let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))], body).into_response();
+    response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    Ok(response)
+}
+
+async fn infer_on(model: &ModelHandle, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+    let request = decode(headers, body)?;
+    let signature = model.signature();
+    let inputs = signature.order_inputs(request.inputs).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let picked = signature
+        .select_outputs(request.outputs.iter().map(|(n, _)| n.as_str()))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let binary: Vec<bool> = picked
+        .iter()
+        .map(|&idx| {
+            let name = &signature.outputs[idx].name;
+            request.outputs.iter().find(|(n, _)| n == name).and_then(|(_, b)| *b).unwrap_or(request.binary_by_default)
+        })
+        .collect();
+    let outcome = model.infer(inputs, picked).await?;
+    encode(model, request.id.as_deref(), &outcome.outputs, &binary)
+}
+
+/// `POST /v2/models/{name}/infer`
+pub async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer_versioned(State(state), Path((name, String::new())), headers, body).await
+}
+
+/// `POST /v2/models/{name}/versions/{version}/infer`
+pub async fn infer_versioned(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = state.repository.get(&name, (!version.is_empty()).then_some(version.as_str()))?;
+    instrumented(model, async {
+        let body = read_body(body, state.config.max_body_bytes)?;
+        infer_on(model, &headers, &body).await
+    })
+    .await
+}
+
+#[derive(Serialize)]
+struct TensorMetadata<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata<'_>> {
+    specs.iter().map(|s| TensorMetadata { name: &s.name, datatype: s.datatype.as_str(), shape: &s.shape }).collect()
+}
+
+fn model_metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let model = state.repository.get(name, version)?;
+    let signature = model.signature();
+    Ok(axum::Json(serde_json::json!({
+        "name": model.name(),
+        "versions": state.repository.versions(name),
+        "platform": model.info().platform,
+        "device": model.info().device.to_string(),
+        "inputs": tensor_metadata(&signature.inputs),
+        "outputs": tensor_metadata(&signature.outputs),
+    }))
+    .into_response())
+}
+
+/// `GET /v2/models/{name}`
+pub async fn metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    model_metadata(&state, &name, None)
+}
+
+/// `GET /v2/models/{name}/versions/{version}`
+pub async fn metadata_versioned(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    model_metadata(&state, &name, Some(&version))
+}
+
+fn model_ready(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let model = state.repository.get(name, version)?;
+    let ready = state.ready.load(Ordering::Acquire);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, axum::Json(serde_json::json!({ "name": model.name(), "version": model.version(), "ready": ready })))
+        .into_response())
+}
+
+/// `GET /v2/models/{name}/ready`
+pub async fn ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    model_ready(&state, &name, None)
+}
+
+/// `GET /v2/models/{name}/versions/{version}/ready`
+pub async fn ready_versioned(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    model_ready(&state, &name, Some(&version))
+}
+
+/// `GET /v2/health/live`: the process answers.
+pub async fn live() -> Response {
+    axum::Json(serde_json::json!({ "live": true })).into_response()
+}
+
+/// `GET /v2/health/ready`: every model is loaded and the server is not draining.
+pub async fn server_ready(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.ready.load(Ordering::Acquire);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": ready }))).into_response()
+}
+
+/// `GET /v2`: server metadata.
+pub async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
+    let models: HashMap<String, Vec<String>> =
+        state.repository.names().into_iter().map(|n| (n.clone(), state.repository.versions(&n))).collect();
+    axum::Json(serde_json::json!({
+        "name": "sluice",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+        "models": models,
+    }))
+    .into_response()
+}
