@@ -1,0 +1,78 @@
+//! Admission and timeouts: overload turns into 503 with Retry-After, a slow model into 504, and
+//! neither wedges the server.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_e2e::*;
+use sluice_runtime::ModelConfig;
+use sluice_server::ServerConfig;
+
+/// A binary-extension request of `rows` rows for mlp-large (about 40 us of compute per row).
+fn large_request(server: &TestServer, rows: usize) -> reqwest::RequestBuilder {
+    let data: Vec<u8> = (0..rows * 784).flat_map(|i| ((i % 97) as f32 / 97.0).to_le_bytes()).collect();
+    let header = serde_json::to_vec(&json!({
+        "inputs": [{ "name": "input", "shape": [rows, 784], "datatype": "FP32", "parameters": { "binary_data_size": data.len() } }]
+    }))
+    .expect("json");
+    let len = header.len();
+    let mut body = header;
+    body.extend_from_slice(&data);
+    server
+        .client
+        .post(server.url("/v2/models/mlp-large/infer"))
+        .header("inference-header-content-length", len.to_string())
+        .body(body)
+}
+
+#[tokio::test]
+async fn overload_gets_503_with_retry_after() {
+    let config = ModelConfig {
+        instance_count: 1,
+        max_concurrent_requests: 1,
+        max_queued_requests: 1,
+        max_request_wait: Duration::from_millis(5),
+        scoring_timeout: Duration::from_secs(30),
+    };
+    let model = load("mlp-large", "1", &model_path("mlp-large"), config);
+    let server = TestServer::start(vec![model], ServerConfig::default()).await;
+    // One long batch holds the only slot; small requests sent meanwhile wait 5 ms and are refused.
+    let slow = tokio::spawn(large_request(&server, 4096).send());
+    let mut refused = None;
+    for _ in 0..200 {
+        let r = large_request(&server, 1).send().await.expect("response");
+        if r.status() == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let r = refused.expect("a request past the limit is refused while the slot is taken");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let err: serde_json::Value = r.json().await.expect("json error");
+    assert!(err["error"].as_str().expect("error").contains("overloaded"), "{err}");
+    assert_eq!(slow.await.expect("task").expect("response").status(), 200, "the admitted request is served");
+    assert_eq!(large_request(&server, 1).send().await.expect("response").status(), 200, "served again once idle");
+}
+
+#[tokio::test]
+async fn slow_inference_gets_504_and_the_server_recovers() {
+    let config = ModelConfig { instance_count: 1, scoring_timeout: Duration::from_millis(20), ..test_config() };
+    let model = load("mlp-large", "1", &model_path("mlp-large"), config);
+    let server = TestServer::start(vec![model], ServerConfig::default()).await;
+    let r = large_request(&server, 4096).send().await.expect("response");
+    assert_eq!(r.status(), 504);
+    let err: serde_json::Value = r.json().await.expect("json error");
+    assert!(err["error"].as_str().expect("error").contains("scoring timeout of 20 ms"), "{err}");
+    // The instance finishes the abandoned batch, then answers small requests in time again.
+    let mut last = 0;
+    for _ in 0..100 {
+        last = large_request(&server, 1).send().await.expect("response").status().as_u16();
+        if last == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, 200);
+}
+
