@@ -72,9 +72,7 @@ pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::Delete { reference } => {
             let r: ModelRef = reference.parse()?;
-            let version = r
-                .version
-                .ok_or_else(|| anyhow::anyhow!("give the version to delete: {}:VERSION", r.name))?;
+            let version = r.version.ok_or_else(|| anyhow::anyhow!("give the version to delete: {}:VERSION", r.name))?;
             let mv = registry.delete(&r.name, version)?;
             println!("deleted {}:{}", mv.name, mv.version);
         }
@@ -87,7 +85,10 @@ fn print_table(all: &[ModelVersion]) {
         println!("no models registered; add one with `sluice model register NAME PATH`");
         return;
     }
-    println!("{:<24} {:>7}  {:<6} {:>12}  {:<12}  {:<24}  DESCRIPTION", "NAME", "VERSION", "FORMAT", "SIZE", "SHA256", "CREATED");
+    println!(
+        "{:<24} {:>7}  {:<6} {:>12}  {:<12}  {:<24}  DESCRIPTION",
+        "NAME", "VERSION", "FORMAT", "SIZE", "SHA256", "CREATED"
+    );
     for mv in all {
         println!(
             "{:<24} {:>7}  {:<6} {:>12}  {:<12}  {:<24}  {}",

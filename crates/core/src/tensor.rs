@@ -106,7 +106,7 @@ impl TensorData {
     /// Decodes the little-endian binary tensor encoding of the Open Inference Protocol.
     pub fn from_le_bytes(dtype: DataType, bytes: &[u8]) -> Result<Self, TensorError> {
         let size = dtype.size_in_bytes();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(TensorError::RaggedBytes { dtype, size, got: bytes.len() });
         }
         macro_rules! decode {
@@ -191,11 +191,7 @@ impl Tensor {
 /// Number of elements a shape holds; saturates instead of overflowing on absurd shapes.
 pub(crate) fn element_count(shape: &[i64]) -> Result<u64, TensorError> {
     shape.iter().try_fold(1u64, |acc, &d| {
-        if d < 0 {
-            Err(TensorError::NegativeDim { shape: shape.to_vec() })
-        } else {
-            Ok(acc.saturating_mul(d as u64))
-        }
+        if d < 0 { Err(TensorError::NegativeDim { shape: shape.to_vec() }) } else { Ok(acc.saturating_mul(d as u64)) }
     })
 }
 

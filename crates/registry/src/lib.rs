@@ -29,9 +29,7 @@ pub enum RegistryError {
     UnknownModel(String),
     #[error("model '{name}' has no version {version}")]
     UnknownVersion { name: String, version: u32 },
-    #[error(
-        "invalid model name '{0}': use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-    )]
+    #[error("invalid model name '{0}': use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")]
     InvalidName(String),
     #[error("invalid model reference '{0}': expected NAME or NAME:VERSION with VERSION a positive integer")]
     InvalidReference(String),
@@ -234,15 +232,11 @@ impl Registry {
         let found = match version {
             Some(v) => self
                 .conn
-                .query_row(&format!("{SELECT} WHERE name = ?1 AND version = ?2"), params![name, v], |r| {
-                    self.row(r)
-                })
+                .query_row(&format!("{SELECT} WHERE name = ?1 AND version = ?2"), params![name, v], |r| self.row(r))
                 .optional()?,
             None => self
                 .conn
-                .query_row(&format!("{SELECT} WHERE name = ?1 ORDER BY version DESC LIMIT 1"), [name], |r| {
-                    self.row(r)
-                })
+                .query_row(&format!("{SELECT} WHERE name = ?1 ORDER BY version DESC LIMIT 1"), [name], |r| self.row(r))
                 .optional()?,
         };
         match (found, version) {
@@ -331,4 +325,5 @@ struct StoredArtifact {
     signature: ModelSignature,
 }
 
-const SELECT: &str = "SELECT name, version, format, sha256, size_bytes, description, tags, signature, created_at FROM model_versions";
+const SELECT: &str =
+    "SELECT name, version, format, sha256, size_bytes, description, tags, signature, created_at FROM model_versions";

@@ -146,8 +146,7 @@ pub fn read_signature(bytes: &[u8]) -> Result<ModelSignature, OnnxError> {
     if graph.node.is_empty() {
         return Err(OnnxError::Invalid("the graph has no nodes".into()));
     }
-    let initializers: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|i| i.name.as_str()).collect();
+    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|i| i.name.as_str()).collect();
     let inputs = graph
         .input
         .iter()

@@ -213,8 +213,10 @@ impl ModelHandle {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let overloaded =
-            || InferError::Overloaded { model: self.name.clone(), waited_ms: self.config.max_request_wait.as_millis() as u64 };
+        let overloaded = || InferError::Overloaded {
+            model: self.name.clone(),
+            waited_ms: self.config.max_request_wait.as_millis() as u64,
+        };
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queued_requests {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(InferError::Overloaded { model: self.name.clone(), waited_ms: 0 });

@@ -10,7 +10,8 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 4] = [ErrorKind::BadRequest, ErrorKind::Overloaded, ErrorKind::Timeout, ErrorKind::Internal];
+    pub const ALL: [ErrorKind; 4] =
+        [ErrorKind::BadRequest, ErrorKind::Overloaded, ErrorKind::Timeout, ErrorKind::Internal];
 
     /// The `error_type` label value.
     pub fn as_str(self) -> &'static str {

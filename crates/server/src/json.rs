@@ -55,13 +55,13 @@ impl ShapeTracker {
 pub fn decode_data(
     raw: &serde_json::value::RawValue,
     dtype: DataType,
-    mut shape: Option<&mut ShapeTracker>,
+    shape: Option<&mut ShapeTracker>,
 ) -> Result<TensorData, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(raw.get());
     macro_rules! read {
         ($variant:ident, $t:ty) => {{
             let mut out: Vec<$t> = Vec::new();
-            Element { out: &mut out, depth: 0, shape: shape.as_deref_mut(), _t: PhantomData::<$t> }
+            Element { out: &mut out, depth: 0, shape, _t: PhantomData::<$t> }
                 .deserialize(&mut de)?;
             TensorData::$variant(out)
         }};
@@ -80,7 +80,7 @@ pub fn decode_data(
         DataType::F64 => read!(F64, f64),
         DataType::F16 => {
             let mut wide: Vec<f32> = Vec::new();
-            Element { out: &mut wide, depth: 0, shape: shape.as_deref_mut(), _t: PhantomData::<f32> }
+            Element { out: &mut wide, depth: 0, shape, _t: PhantomData::<f32> }
                 .deserialize(&mut de)?;
             TensorData::F16(wide.into_iter().map(f16::from_f32).collect())
         }
@@ -142,7 +142,12 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Element<'_, '_, T> {
         let Element { out, depth, mut shape, .. } = self;
         let mut len = 0i64;
         while seq
-            .next_element_seed(Element { out: &mut *out, depth: depth + 1, shape: shape.as_deref_mut(), _t: PhantomData })?
+            .next_element_seed(Element {
+                out: &mut *out,
+                depth: depth + 1,
+                shape: shape.as_deref_mut(),
+                _t: PhantomData,
+            })?
             .is_some()
         {
             len += 1;
@@ -254,7 +259,10 @@ mod tests {
 
     #[test]
     fn every_dtype_decodes() {
-        assert_eq!(decode_data(&raw("[true,false]"), DataType::Bool, None).expect("ok"), TensorData::Bool(vec![true, false]));
+        assert_eq!(
+            decode_data(&raw("[true,false]"), DataType::Bool, None).expect("ok"),
+            TensorData::Bool(vec![true, false])
+        );
         assert_eq!(decode_data(&raw("[-1,2]"), DataType::I8, None).expect("ok"), TensorData::I8(vec![-1, 2]));
         assert_eq!(
             decode_data(&raw("[0.5]"), DataType::F16, None).expect("ok"),

@@ -115,17 +115,16 @@ async fn not_found() -> Response {
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let models: Vec<_> = state.repository.all().collect();
-    let labels: Vec<[(&str, &str); 2]> = models.iter().map(|m| [("model", m.name()), ("version", m.version())]).collect();
+    let labels: Vec<[(&str, &str); 2]> =
+        models.iter().map(|m| [("model", m.name()), ("version", m.version())]).collect();
     let mut enc = TextEncoder::default();
     enc.counters(
         "sluice_requests_total",
         "Inference requests received, per model version.",
         models.iter().zip(&labels).map(|(m, l)| (&l[..], m.metrics().requests.get())),
     );
-    let error_labels: Vec<[(&str, &str); 3]> = labels
-        .iter()
-        .flat_map(|l| ErrorKind::ALL.map(|k| [l[0], l[1], ("error_type", k.as_str())]))
-        .collect();
+    let error_labels: Vec<[(&str, &str); 3]> =
+        labels.iter().flat_map(|l| ErrorKind::ALL.map(|k| [l[0], l[1], ("error_type", k.as_str())])).collect();
     enc.counters(
         "sluice_request_errors_total",
         "Inference requests that failed, per model version and error type.",

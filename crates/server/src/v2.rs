@@ -82,9 +82,11 @@ fn decode(headers: &HeaderMap, body: &Bytes) -> Result<InferRequest, ApiError> {
     let (json, mut binary) = match headers.get(HEADER_LENGTH) {
         None => (&body[..], &[][..]),
         Some(v) => {
-            let len: usize = v.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
-                ApiError::bad_request(format!("{HEADER_LENGTH} must be a byte count, got {v:?}"))
-            })?;
+            let len: usize = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| ApiError::bad_request(format!("{HEADER_LENGTH} must be a byte count, got {v:?}")))?;
             if len > body.len() {
                 return Err(ApiError::bad_request(format!(
                     "{HEADER_LENGTH} is {len} but the body has only {} bytes",
@@ -194,7 +196,8 @@ fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[b
     }
     let json_len = body.len();
     body.extend_from_slice(&blob);
-    let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))], body).into_response();
+    let mut response =
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))], body).into_response();
     response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(json_len));
     Ok(response)
 }

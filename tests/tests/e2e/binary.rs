@@ -19,7 +19,11 @@ fn samples() -> Vec<(&'static str, Value, Vec<u8>)> {
         ("INT8", json!([-128, -1, 0, 127]), le([-128i8, -1, 0, 127], i8::to_le_bytes)),
         ("INT16", json!([-32768, -1, 300, 32767]), le([i16::MIN, -1, 300, i16::MAX], i16::to_le_bytes)),
         ("INT32", json!([i32::MIN, -1, 70000, i32::MAX]), le([i32::MIN, -1, 70000, i32::MAX], i32::to_le_bytes)),
-        ("INT64", json!([i64::MIN, -1, 5_000_000_000i64, i64::MAX]), le([i64::MIN, -1, 5_000_000_000, i64::MAX], i64::to_le_bytes)),
+        (
+            "INT64",
+            json!([i64::MIN, -1, 5_000_000_000i64, i64::MAX]),
+            le([i64::MIN, -1, 5_000_000_000, i64::MAX], i64::to_le_bytes),
+        ),
         (
             "FP16",
             json!([0.5, -1.25, 2.0, 1024.0]),
@@ -30,8 +34,10 @@ fn samples() -> Vec<(&'static str, Value, Vec<u8>)> {
     ]
 }
 
+type Headers = Vec<(&'static str, String)>;
+
 /// Builds a binary-extension body: JSON header, then the binary parts in order.
-fn binary_body(header: &Value, parts: &[&[u8]]) -> (Vec<u8>, Vec<(&'static str, String)>) {
+fn binary_body(header: &Value, parts: &[&[u8]]) -> (Vec<u8>, Headers) {
     let mut body = serde_json::to_vec(header).expect("json");
     let json_len = body.len();
     for p in parts {
@@ -62,7 +68,12 @@ async fn every_datatype_round_trips_as_json() {
     let (status, got) = server.post_json("/v2/models/dtype-echo/infer", &json!({ "inputs": inputs })).await;
     assert_eq!(status, 200, "{got}");
     for (dt, data, _) in &samples {
-        let out = got["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == format!("out_{dt}")).expect("output");
+        let out = got["outputs"]
+            .as_array()
+            .expect("outputs")
+            .iter()
+            .find(|o| o["name"] == format!("out_{dt}"))
+            .expect("output");
         assert_eq!(out["datatype"], *dt);
         assert_eq!(out["shape"], json!([2, 2]));
         if *dt == "FP32" {
@@ -108,8 +119,10 @@ async fn every_datatype_round_trips_as_binary() {
 async fn binary_input_json_output_and_per_output_choice() {
     let server = TestServer::bundled(&["tabular-mixed"]).await;
     let want = expected("tabular-mixed");
-    let features: Vec<u8> = numbers(&want["inputs"][0]["data"]).iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
-    let category: Vec<u8> = numbers(&want["inputs"][1]["data"]).iter().flat_map(|&x| (x as i64).to_le_bytes()).collect();
+    let features: Vec<u8> =
+        numbers(&want["inputs"][0]["data"]).iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+    let category: Vec<u8> =
+        numbers(&want["inputs"][1]["data"]).iter().flat_map(|&x| (x as i64).to_le_bytes()).collect();
     let header = json!({
         "inputs": [
             { "name": "features", "shape": [4, 8], "datatype": "FP32", "parameters": { "binary_data_size": features.len() } },
@@ -127,7 +140,8 @@ async fn binary_input_json_output_and_per_output_choice() {
     let score = &got["outputs"][0];
     assert_eq!(score["name"], "score");
     assert_eq!(score["parameters"]["binary_data_size"], 16);
-    let scores: Vec<f64> = blob.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4")))).collect();
+    let scores: Vec<f64> =
+        blob.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().expect("4")))).collect();
     assert_close(&scores, &numbers(&want["outputs"][0]["data"]), 1e-4, "score");
     let flag = &got["outputs"][1];
     assert_eq!(flag["data"], want["outputs"][1]["data"], "flag stays JSON");
@@ -152,10 +166,8 @@ async fn binary_input_json_output_and_per_output_choice() {
 async fn inconsistent_binary_bodies_are_400() {
     let server = TestServer::bundled(&["mlp-small"]).await;
     let data = vec![0u8; 64 * 4];
-    let header = |size: usize| {
-        json!({ "inputs": [{ "name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": { "binary_data_size": size } }] })
-    };
-    let cases: Vec<(Vec<u8>, Vec<(&str, String)>, &str)> = vec![
+    let header = |size: usize| json!({ "inputs": [{ "name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": { "binary_data_size": size } }] });
+    let cases: Vec<(Vec<u8>, Headers, &str)> = vec![
         {
             let (b, _) = binary_body(&header(256), &[&data]);
             (b, vec![("inference-header-content-length", "999999".into())], "body has only")

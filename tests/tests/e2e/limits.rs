@@ -75,4 +75,3 @@ async fn slow_inference_gets_504_and_the_server_recovers() {
     }
     assert_eq!(last, 200);
 }
-

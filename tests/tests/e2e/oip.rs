@@ -49,7 +49,12 @@ async fn model_metadata_and_readiness_with_and_without_version() {
 #[tokio::test]
 async fn unknown_model_or_version_is_404_on_every_route() {
     let server = TestServer::bundled(&["mlp-small"]).await;
-    for path in ["/v2/models/nope", "/v2/models/nope/ready", "/v2/models/mlp-small/versions/9", "/v2/models/mlp-small/versions/9/ready"] {
+    for path in [
+        "/v2/models/nope",
+        "/v2/models/nope/ready",
+        "/v2/models/mlp-small/versions/9",
+        "/v2/models/mlp-small/versions/9/ready",
+    ] {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 404, "{path}");
         assert!(body["error"].as_str().expect("error").contains("mlp-small"), "{path}: {body}");
@@ -136,7 +141,10 @@ async fn metrics_count_requests_errors_and_latency_per_model() {
     let text = server.client.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     let labels = "model=\"mlp-small\",version=\"1\"";
     assert!(text.contains(&format!("sluice_requests_total{{{labels}}} 4\n")), "{text}");
-    assert!(text.contains(&format!("sluice_request_errors_total{{{labels},error_type=\"bad_request\"}} 1\n")), "{text}");
+    assert!(
+        text.contains(&format!("sluice_request_errors_total{{{labels},error_type=\"bad_request\"}} 1\n")),
+        "{text}"
+    );
     assert!(text.contains(&format!("sluice_request_duration_seconds_count{{{labels}}} 4\n")), "{text}");
     assert!(text.contains(&format!("sluice_inference_duration_seconds_count{{{labels}}} 3\n")), "{text}");
     assert!(text.contains(&format!("sluice_queue_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 3\n")), "{text}");

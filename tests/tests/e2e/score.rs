@@ -20,7 +20,8 @@ async fn score_single_input_nested_rows_and_single_example() {
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["outputs"]["output"].as_array().expect("rows").len(), 1);
     assert_close(&numbers(&got["outputs"]["output"]), &numbers(&want["outputs"][0]["data"])[..10], 1e-4, "row 0");
-    let (status, got) = server.post_json("/models/mlp-small/versions/1/score", &json!({ "data": [rows[1].clone()] })).await;
+    let (status, got) =
+        server.post_json("/models/mlp-small/versions/1/score", &json!({ "data": [rows[1].clone()] })).await;
     assert_eq!(status, 200, "{got}");
     assert_close(&numbers(&got["outputs"]["output"]), &numbers(&want["outputs"][0]["data"])[10..20], 1e-4, "row 1");
 }

@@ -1,0 +1,241 @@
+//! The `sluice` binary as a user runs it: registry commands, `serve` and `up`, in temporary data
+//! directories, over real HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_e2e::{expected, model_path, ort_library, workspace};
+
+fn sluice(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.env("SLUICE_HOME", home)
+        .env("SLUICE_ORT_LIB", ort_library())
+        .env("SLUICE_LOG", "warn")
+        .current_dir(workspace());
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(!out.status.success(), "{cmd:?} should fail");
+    String::from_utf8(out.stderr).expect("utf8")
+}
+
+#[test]
+fn model_commands_round_trip() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let out = run_ok(sluice(h).args(["model", "register", "mlp"]).arg(model_path("mlp-small")).args([
+        "--description",
+        "first",
+        "--tag",
+        "team=search",
+    ]));
+    assert!(out.contains("registered mlp:1"), "{out}");
+    let json_out =
+        run_ok(sluice(h).args(["model", "register", "mlp"]).arg(model_path("mlp-large")).args(["--output", "json"]));
+    let v2: Value = serde_json::from_str(&json_out).expect("json");
+    assert_eq!(v2["version"], 2);
+
+    let list: Value =
+        serde_json::from_str(&run_ok(sluice(h).args(["model", "list", "--output", "json"]))).expect("json");
+    assert_eq!(list.as_array().expect("array").len(), 2);
+    assert_eq!(list[0]["tags"]["team"], "search");
+    let table = run_ok(sluice(h).args(["model", "list"]));
+    assert!(table.contains("NAME") && table.contains("mlp") && table.contains("first"), "{table}");
+
+    let shown: Value =
+        serde_json::from_str(&run_ok(sluice(h).args(["model", "show", "mlp:1", "--output", "json"]))).expect("json");
+    assert_eq!(shown["signature"]["inputs"][0], json!({ "name": "input", "datatype": "FP32", "shape": [-1, 64] }));
+    let details = run_ok(sluice(h).args(["model", "show", "mlp"]));
+    assert!(
+        details.contains("version:     2") && details.contains("input") && details.contains("[-1, 784]"),
+        "{details}"
+    );
+
+    let bad = h.join("bad.onnx");
+    std::fs::write(&bad, "not a model").expect("write");
+    let err = run_err(sluice(h).args(["model", "register", "mlp"]).arg(&bad));
+    assert!(err.contains("not a valid ONNX model"), "{err}");
+    let err = run_err(sluice(h).args(["model", "delete", "mlp"]));
+    assert!(err.contains("give the version to delete"), "{err}");
+    let err = run_err(sluice(h).args(["model", "show", "nope"]));
+    assert!(err.contains("model 'nope' is not registered"), "{err}");
+
+    assert!(run_ok(sluice(h).args(["model", "delete", "mlp:1"])).contains("deleted mlp:1"));
+    let list: Value =
+        serde_json::from_str(&run_ok(sluice(h).args(["model", "list", "--output", "json"]))).expect("json");
+    assert_eq!(list.as_array().expect("array").len(), 1);
+}
+
+/// A running `sluice` server process; killed if the test fails before stopping it.
+struct Server {
+    child: Option<Child>,
+    url: String,
+}
+
+impl Server {
+    /// Starts `sluice ARGS --port 0` and waits for the line that names its address.
+    fn start(mut cmd: Command) -> Server {
+        let mut child =
+            cmd.arg("--port").arg("0").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("server printed its address before exiting").expect("line");
+            if let Some(at) = line.find("http://127.0.0.1:") {
+                let url: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+                break url;
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child: Some(child), url }
+    }
+
+    /// Sends SIGTERM and returns (exit success, stderr).
+    fn terminate(mut self) -> (bool, String) {
+        let child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let out = child.wait_with_output().expect("wait");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn mlp_large_binary(rows: usize) -> (Vec<u8>, usize) {
+    let data: Vec<u8> = (0..rows * 784).flat_map(|i| ((i % 89) as f32 / 89.0).to_le_bytes()).collect();
+    let mut body = serde_json::to_vec(&json!({
+        "inputs": [{ "name": "input", "shape": [rows, 784], "datatype": "FP32", "parameters": { "binary_data_size": data.len() } }]
+    }))
+    .expect("json");
+    let len = body.len();
+    body.extend_from_slice(&data);
+    (body, len)
+}
+
+#[tokio::test]
+async fn up_registers_once_serves_and_drains_on_sigterm() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let server = Server::start({
+        let mut c = sluice(home.path());
+        c.arg("up");
+        c
+    });
+    let client = reqwest::Client::new();
+    // The ready-to-paste example from the banner works.
+    let r = client
+        .post(format!("{}/models/tabular-mixed/score", server.url))
+        .json(&json!({ "inputs": { "features": [[0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]], "category": [3] } }))
+        .send()
+        .await
+        .expect("score");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert!(body["outputs"]["score"][0][0].as_f64().is_some(), "{body}");
+    // Every bundled model answers with its expected outputs.
+    for name in ["mlp-small", "mlp-large", "tabular-mixed"] {
+        let want = expected(name);
+        let r = client
+            .post(format!("{}/v2/models/{name}/infer", server.url))
+            .json(&sluice_e2e::v2_request(&want))
+            .send()
+            .await
+            .expect("infer");
+        assert_eq!(r.status(), 200, "{name}");
+        sluice_e2e::assert_outputs_match(&r.json().await.expect("json"), &want);
+    }
+
+    // SIGTERM while a long request runs: the request still completes.
+    let (body, len) = mlp_large_binary(2048);
+    let slow = tokio::spawn(
+        client
+            .post(format!("{}/v2/models/mlp-large/infer", server.url))
+            .header("inference-header-content-length", len.to_string())
+            .body(body)
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (ok, stderr) = tokio::task::spawn_blocking(move || server.terminate()).await.expect("join");
+    assert!(ok, "clean exit: {stderr}");
+    assert!(stderr.contains("shutting down") && stderr.contains("stopped"), "{stderr}");
+    assert_eq!(slow.await.expect("task").expect("in-flight request answered").status(), 200);
+
+    let listed = || -> Vec<(String, u64)> {
+        let list: Value =
+            serde_json::from_str(&run_ok(sluice(home.path()).args(["model", "list", "--output", "json"])))
+                .expect("json");
+        list.as_array()
+            .expect("array")
+            .iter()
+            .map(|m| (m["name"].as_str().expect("name").to_owned(), m["version"].as_u64().expect("version")))
+            .collect()
+    };
+    let first = listed();
+    assert!(first.contains(&("mlp-small".into(), 1)) && first.contains(&("tabular-mixed".into(), 1)), "{first:?}");
+
+    // A second `up` registers nothing new.
+    let again = Server::start({
+        let mut c = sluice(home.path());
+        c.arg("up");
+        c
+    });
+    let r = reqwest::get(format!("{}/v2/health/ready", again.url)).await.expect("ready");
+    assert_eq!(r.status(), 200);
+    let (ok, _) = tokio::task::spawn_blocking(move || again.terminate()).await.expect("join");
+    assert!(ok);
+    assert_eq!(listed(), first, "up is idempotent");
+}
+
+#[tokio::test]
+async fn serve_takes_files_and_registry_references() {
+    let home = tempfile::tempdir().expect("tempdir");
+    run_ok(sluice(home.path()).args(["model", "register", "tab"]).arg(model_path("tabular-mixed")));
+    let server = Server::start({
+        let mut c = sluice(home.path());
+        c.arg("serve").arg(model_path("mlp-small")).arg("tab:1").args(["--instances", "1"]);
+        c
+    });
+    let meta: Value = reqwest::get(format!("{}/v2", server.url)).await.expect("meta").json().await.expect("json");
+    assert_eq!(meta["models"], json!({ "mlp-small": ["1"], "tab": ["1"] }));
+    let want = expected("tabular-mixed");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/models/tab/versions/1/infer", server.url))
+        .json(&sluice_e2e::v2_request(&want))
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
+    sluice_e2e::assert_outputs_match(&r.json().await.expect("json"), &want);
+    let (ok, _) = tokio::task::spawn_blocking(move || server.terminate()).await.expect("join");
+    assert!(ok);
+
+    let err = run_err(sluice(home.path()).args(["serve", "tab:7", "--port", "0"]));
+    assert!(err.contains("model 'tab' has no version 7"), "{err}");
+    let err = run_err(sluice(home.path()).args(["serve", "missing/model.onnx", "--port", "0"]));
+    assert!(err.contains("does not exist"), "{err}");
+    let err = run_err(
+        sluice(home.path())
+            .args(["serve", "tab", "--port", "0"])
+            .env("SLUICE_ORT_LIB", "/nonexistent/libonnxruntime.so"),
+    );
+    assert!(err.contains("SLUICE_ORT_LIB"), "{err}");
+}
