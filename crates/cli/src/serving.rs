@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sluice_backend_ort::{OrtBackend, OrtOptions};
 use sluice_core::Backend;
 use sluice_registry::{ModelRef, RegisterOptions, Registry};
-use sluice_runtime::{ModelConfig, ModelHandle};
+use sluice_runtime::{Execution, ModelConfig, ModelHandle};
 use sluice_server::{AppState, Repository, ServerConfig};
 
 /// Runtime limits and parallelism, shared by `serve` and `up`.
@@ -19,6 +19,14 @@ pub struct TuningArgs {
     /// Instances of each model, each on its own thread [default: one per CPU core].
     #[arg(long, env = "SLUICE_INSTANCES")]
     pub instances: Option<usize>,
+    /// Where inference runs: `threads` (one dedicated thread per instance) or `inline` (on the
+    /// HTTP worker threads; can cut latency for tiny models on an idle server, but measured slower
+    /// under load).
+    #[arg(long, env = "SLUICE_EXECUTION", default_value = "threads")]
+    pub execution: Execution,
+    /// Threads that run HTTP and JSON work [default: one per CPU core].
+    #[arg(long, env = "SLUICE_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// ONNX Runtime threads inside one instance. 1 is fastest when instances fill the cores.
     #[arg(long, env = "SLUICE_INTRA_OP_THREADS", default_value_t = 1)]
     pub intra_op_threads: usize,
@@ -53,6 +61,7 @@ pub struct TuningArgs {
 struct ModelOverrides {
     instance_count: Option<usize>,
     intra_op_threads: Option<usize>,
+    execution: Option<String>,
     replica_max_concurrent_requests: Option<usize>,
     max_queued_requests: Option<usize>,
     max_request_wait_time: Option<u64>,
@@ -134,6 +143,10 @@ fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<(Mode
     let defaults = ModelConfig::for_this_machine();
     let config = ModelConfig {
         instance_count: o.instance_count.or(tuning.instances).unwrap_or(defaults.instance_count),
+        execution: match &o.execution {
+            Some(e) => e.parse().map_err(anyhow::Error::msg)?,
+            None => tuning.execution,
+        },
         max_concurrent_requests: o.replica_max_concurrent_requests.unwrap_or(tuning.max_concurrent_requests),
         max_queued_requests: o.max_queued_requests.unwrap_or(tuning.max_queued_requests),
         max_request_wait: Duration::from_millis(o.max_request_wait_time.unwrap_or(tuning.max_request_wait_ms)),
@@ -181,8 +194,15 @@ fn load_models(home: &Path, tuning: &TuningArgs, sources: Vec<ModelSource>) -> a
     Ok(repository)
 }
 
-fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sluice-http").build()?)
+fn tokio_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--http-threads must be at least 1");
+        }
+        builder.worker_threads(n);
+    }
+    Ok(builder.enable_all().thread_name("sluice-http").build()?)
 }
 
 async fn shutdown_signal() {
@@ -212,7 +232,7 @@ fn run_server(
     sources: Vec<ModelSource>,
     banner: impl FnOnce(SocketAddr, &Repository) -> String,
 ) -> anyhow::Result<()> {
-    let runtime = tokio_runtime()?;
+    let runtime = tokio_runtime(tuning.http_threads)?;
     // Bind before loading so a busy port fails at once, not after a slow model load.
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind((host, port)))

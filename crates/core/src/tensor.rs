@@ -75,6 +75,11 @@ impl TensorData {
         }
     }
 
+    /// Grows or shrinks the buffer to `len` elements, filling new ones with zero (false).
+    pub fn resize_zeroed(&mut self, len: usize) {
+        with_tensor_data!(self, v => v.resize(len, Default::default()))
+    }
+
     /// The datatype of the elements.
     pub fn dtype(&self) -> DataType {
         match self {

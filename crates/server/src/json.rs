@@ -61,8 +61,7 @@ pub fn decode_data(
     macro_rules! read {
         ($variant:ident, $t:ty) => {{
             let mut out: Vec<$t> = Vec::new();
-            Element { out: &mut out, depth: 0, shape, _t: PhantomData::<$t> }
-                .deserialize(&mut de)?;
+            Element { out: &mut out, depth: 0, shape, _t: PhantomData::<$t> }.deserialize(&mut de)?;
             TensorData::$variant(out)
         }};
     }
@@ -80,8 +79,7 @@ pub fn decode_data(
         DataType::F64 => read!(F64, f64),
         DataType::F16 => {
             let mut wide: Vec<f32> = Vec::new();
-            Element { out: &mut wide, depth: 0, shape, _t: PhantomData::<f32> }
-                .deserialize(&mut de)?;
+            Element { out: &mut wide, depth: 0, shape, _t: PhantomData::<f32> }.deserialize(&mut de)?;
             TensorData::F16(wide.into_iter().map(f16::from_f32).collect())
         }
     };

@@ -33,6 +33,7 @@ async fn overload_gets_503_with_retry_after() {
         max_queued_requests: 1,
         max_request_wait: Duration::from_millis(5),
         scoring_timeout: Duration::from_secs(30),
+        ..test_config()
     };
     let model = load("mlp-large", "1", &model_path("mlp-large"), config);
     let server = TestServer::start(vec![model], ServerConfig::default()).await;

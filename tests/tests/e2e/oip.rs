@@ -2,6 +2,7 @@
 
 use serde_json::json;
 use sluice_e2e::*;
+use sluice_runtime::{Execution, ModelConfig};
 use sluice_server::ServerConfig;
 
 #[tokio::test]
@@ -148,4 +149,19 @@ async fn metrics_count_requests_errors_and_latency_per_model() {
     assert!(text.contains(&format!("sluice_request_duration_seconds_count{{{labels}}} 4\n")), "{text}");
     assert!(text.contains(&format!("sluice_inference_duration_seconds_count{{{labels}}} 3\n")), "{text}");
     assert!(text.contains(&format!("sluice_queue_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 3\n")), "{text}");
+}
+
+#[tokio::test]
+async fn inline_execution_gives_the_same_answers() {
+    let config = ModelConfig { execution: Execution::Inline, ..test_config() };
+    let small = load("mlp-small", "1", &model_path("mlp-small"), config.clone());
+    let tab = load("tabular-mixed", "1", &model_path("tabular-mixed"), config);
+    assert!(small.runs_inline() && tab.runs_inline());
+    let server = TestServer::start(vec![small, tab], ServerConfig::default()).await;
+    for name in ["mlp-small", "tabular-mixed"] {
+        let want = expected(name);
+        let (status, got) = server.post_json(&format!("/v2/models/{name}/infer"), &v2_request(&want)).await;
+        assert_eq!(status, 200, "{got}");
+        assert_outputs_match(&got, &want);
+    }
 }
