@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sluice_backend_ort::{OrtBackend, OrtOptions};
 use sluice_core::Backend;
 use sluice_registry::{ModelRef, RegisterOptions, Registry};
-use sluice_runtime::{Execution, ModelConfig, ModelHandle};
+use sluice_runtime::{BatchConfig, Execution, ModelConfig, ModelHandle};
 use sluice_server::{AppState, Repository, ServerConfig};
 
 /// Runtime limits and parallelism, shared by `serve` and `up`.
@@ -24,6 +24,17 @@ pub struct TuningArgs {
     /// under load).
     #[arg(long, env = "SLUICE_EXECUTION", default_value = "threads")]
     pub execution: Execution,
+    /// Most rows that dynamic batching joins into one model run; 1 turns batching off. Only for
+    /// models whose first dimension is dynamic, and only with threads execution.
+    #[arg(long, env = "SLUICE_MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// Microseconds the first request of a batch may wait for more; 0 (the default) is
+    /// opportunistic: a free instance takes whatever is queued, and a lone request never waits.
+    #[arg(long, env = "SLUICE_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+    /// Batch sizes sent as soon as they are reached, comma-separated (e.g. 8,16,32).
+    #[arg(long, env = "SLUICE_PREFERRED_BATCH_SIZES", value_delimiter = ',')]
+    pub preferred_batch_sizes: Vec<usize>,
     /// Threads that run HTTP and JSON work [default: one per CPU core].
     #[arg(long, env = "SLUICE_HTTP_THREADS")]
     pub http_threads: Option<usize>,
@@ -62,6 +73,9 @@ struct ModelOverrides {
     instance_count: Option<usize>,
     intra_op_threads: Option<usize>,
     execution: Option<String>,
+    max_batch_size: Option<usize>,
+    max_queue_delay_us: Option<u64>,
+    preferred_batch_sizes: Option<Vec<usize>>,
     replica_max_concurrent_requests: Option<usize>,
     max_queued_requests: Option<usize>,
     max_request_wait_time: Option<u64>,
@@ -147,6 +161,15 @@ fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<(Mode
             Some(e) => e.parse().map_err(anyhow::Error::msg)?,
             None => tuning.execution,
         },
+        batching: Some(BatchConfig {
+            max_batch_size: o.max_batch_size.unwrap_or(tuning.max_batch_size),
+            max_queue_delay: Duration::from_micros(o.max_queue_delay_us.unwrap_or(tuning.max_queue_delay_us)),
+            preferred_batch_sizes: o
+                .preferred_batch_sizes
+                .clone()
+                .unwrap_or_else(|| tuning.preferred_batch_sizes.clone()),
+        })
+        .filter(|b| b.max_batch_size > 1),
         max_concurrent_requests: o.replica_max_concurrent_requests.unwrap_or(tuning.max_concurrent_requests),
         max_queued_requests: o.max_queued_requests.unwrap_or(tuning.max_queued_requests),
         max_request_wait: Duration::from_millis(o.max_request_wait_time.unwrap_or(tuning.max_request_wait_ms)),

@@ -75,6 +75,46 @@ impl TensorData {
         }
     }
 
+    /// Joins buffers of one datatype end to end (row-major concatenation along the first
+    /// dimension). `None` when the parts do not all have the datatype of the first.
+    pub fn concat<'a>(parts: impl IntoIterator<Item = &'a TensorData> + Clone) -> Option<TensorData> {
+        let first = parts.clone().into_iter().next()?;
+        let total = parts.clone().into_iter().map(TensorData::len).sum();
+        let mut out = TensorData::with_capacity(first.dtype(), total);
+        for part in parts {
+            out.extend_from(part)?;
+        }
+        Some(out)
+    }
+
+    /// Appends `other`'s elements; `None` (and nothing appended) when the datatypes differ.
+    pub fn extend_from(&mut self, other: &TensorData) -> Option<()> {
+        macro_rules! ext {
+            ($($v:ident),*) => {
+                match (self, other) {
+                    $((TensorData::$v(a), TensorData::$v(b)) => a.extend_from_slice(b),)*
+                    _ => return None,
+                }
+            };
+        }
+        ext!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64);
+        Some(())
+    }
+
+    /// A copy of elements `range` (clamped to the buffer).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> TensorData {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        macro_rules! cut {
+            ($($v:ident),*) => {
+                match self {
+                    $(TensorData::$v(a) => TensorData::$v(a[start..end].to_vec()),)*
+                }
+            };
+        }
+        cut!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64)
+    }
+
     /// Grows or shrinks the buffer to `len` elements, filling new ones with zero (false).
     pub fn resize_zeroed(&mut self, len: usize) {
         with_tensor_data!(self, v => v.resize(len, Default::default()))
@@ -114,15 +154,18 @@ impl TensorData {
         if !bytes.len().is_multiple_of(size) {
             return Err(TensorError::RaggedBytes { dtype, size, got: bytes.len() });
         }
-        macro_rules! decode {
-            ($variant:ident, $t:ty) => {
-                TensorData::$variant(
-                    bytes
-                        .chunks_exact(size)
-                        .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk has the element size")))
-                        .collect(),
-                )
-            };
+        // One bulk copy into a typed (so aligned) buffer: on little-endian hosts the wire layout
+        // is the memory layout, so no per-element work is needed.
+        fn copy<T: bytemuck::Pod + Default + Clone>(bytes: &[u8]) -> Vec<T> {
+            let mut out = vec![T::default(); bytes.len() / std::mem::size_of::<T>()];
+            let dest: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+            dest.copy_from_slice(bytes);
+            if cfg!(target_endian = "big") {
+                for x in bytemuck::cast_slice_mut::<T, u8>(&mut out).chunks_exact_mut(std::mem::size_of::<T>()) {
+                    x.reverse();
+                }
+            }
+            out
         }
         Ok(match dtype {
             DataType::Bool => TensorData::Bool(
@@ -136,35 +179,43 @@ impl TensorData {
                     .collect::<Result<_, _>>()?,
             ),
             DataType::U8 => TensorData::U8(bytes.to_vec()),
-            DataType::I8 => TensorData::I8(bytes.iter().map(|&b| b as i8).collect()),
-            DataType::U16 => decode!(U16, u16),
-            DataType::U32 => decode!(U32, u32),
-            DataType::U64 => decode!(U64, u64),
-            DataType::I16 => decode!(I16, i16),
-            DataType::I32 => decode!(I32, i32),
-            DataType::I64 => decode!(I64, i64),
-            DataType::F16 => decode!(F16, f16),
-            DataType::F32 => decode!(F32, f32),
-            DataType::F64 => decode!(F64, f64),
+            DataType::I8 => TensorData::I8(copy(bytes)),
+            DataType::U16 => TensorData::U16(copy(bytes)),
+            DataType::U32 => TensorData::U32(copy(bytes)),
+            DataType::U64 => TensorData::U64(copy(bytes)),
+            DataType::I16 => TensorData::I16(copy(bytes)),
+            DataType::I32 => TensorData::I32(copy(bytes)),
+            DataType::I64 => TensorData::I64(copy(bytes)),
+            DataType::F16 => TensorData::F16(copy(bytes)),
+            DataType::F32 => TensorData::F32(copy(bytes)),
+            DataType::F64 => TensorData::F64(copy(bytes)),
         })
     }
 
     /// Appends the little-endian binary encoding of every element to `out`.
     pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
-        out.reserve(self.len() * self.dtype().size_in_bytes());
+        fn put<T: bytemuck::Pod>(out: &mut Vec<u8>, v: &[T]) {
+            let start = out.len();
+            out.extend_from_slice(bytemuck::cast_slice(v));
+            if cfg!(target_endian = "big") {
+                for x in out[start..].chunks_exact_mut(std::mem::size_of::<T>()) {
+                    x.reverse();
+                }
+            }
+        }
         match self {
             TensorData::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
             TensorData::U8(v) => out.extend_from_slice(v),
-            TensorData::I8(v) => out.extend(v.iter().map(|&b| b as u8)),
-            TensorData::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::U32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::U64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::F16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorData::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::I8(v) => put(out, v),
+            TensorData::U16(v) => put(out, v),
+            TensorData::U32(v) => put(out, v),
+            TensorData::U64(v) => put(out, v),
+            TensorData::I16(v) => put(out, v),
+            TensorData::I32(v) => put(out, v),
+            TensorData::I64(v) => put(out, v),
+            TensorData::F16(v) => put(out, v),
+            TensorData::F32(v) => put(out, v),
+            TensorData::F64(v) => put(out, v),
         }
     }
 }
@@ -227,6 +278,18 @@ mod tests {
             Err(TensorError::RaggedBytes { got: 6, .. })
         ));
         assert_eq!(TensorData::from_le_bytes(DataType::Bool, &[0, 2]), Err(TensorError::BadBool(2)));
+    }
+
+    #[test]
+    fn concat_and_slice_are_inverse() {
+        let a = TensorData::I32(vec![1, 2, 3]);
+        let b = TensorData::I32(vec![4, 5]);
+        let joined = TensorData::concat([&a, &b]).expect("same dtype");
+        assert_eq!(joined, TensorData::I32(vec![1, 2, 3, 4, 5]));
+        assert_eq!(joined.slice(0..3), a);
+        assert_eq!(joined.slice(3..5), b);
+        assert_eq!(joined.slice(4..99), TensorData::I32(vec![5]));
+        assert!(TensorData::concat([&a, &TensorData::F32(vec![1.0])]).is_none());
     }
 
     #[test]

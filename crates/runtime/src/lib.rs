@@ -18,6 +18,7 @@
 //! are refused at once, so overload turns into 503s rather than memory growth.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 mod metrics;
 
 use std::panic::AssertUnwindSafe;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 use sluice_core::{Backend, BackendError, BackendInfo, ModelSignature, Tensor, TensorData};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+pub use batch::{BatchConfig, batchable};
 pub use metrics::{ErrorKind, ModelMetrics};
 
 /// Where inference runs; see the crate documentation.
@@ -58,6 +60,9 @@ pub struct ModelConfig {
     pub instance_count: usize,
     /// Where inference runs.
     pub execution: Execution,
+    /// Dynamic batching (threads execution only); `None` runs each request alone. Ignored, with a
+    /// log line, for models whose first dimension is not dynamic.
+    pub batching: Option<BatchConfig>,
     /// Requests admitted at once (Azure ML's `replica_max_concurrent_requests`).
     pub max_concurrent_requests: usize,
     /// Requests that may wait for a slot; past this they are refused at once.
@@ -76,6 +81,7 @@ impl ModelConfig {
         ModelConfig {
             instance_count: cores,
             execution: Execution::Threads,
+            batching: Some(BatchConfig::default()),
             max_concurrent_requests: 64,
             max_queued_requests: 256,
             max_request_wait: Duration::from_millis(500),
@@ -178,6 +184,17 @@ impl ModelHandle {
         let per_row = warm_up(name, &mut instances);
         let inline = config.execution == Execution::Inline;
         tracing::debug!(model = name, ?per_row, inline, "warm-up done");
+        let batching = match &config.batching {
+            Some(b) if b.max_batch_size > 1 && !inline => {
+                if batchable(&signature) {
+                    Some(b.clone())
+                } else {
+                    tracing::info!(model = name, "batching off: the model's first dimension is not dynamic");
+                    None
+                }
+            }
+            _ => None,
+        };
         let metrics = Arc::new(ModelMetrics::default());
         let executor = if inline {
             Executor::Inline { free: Semaphore::new(instances.len()), idle: Mutex::new(instances) }
@@ -190,9 +207,11 @@ impl ModelHandle {
                 .map(|(i, backend)| {
                     let rx = rx.clone();
                     let metrics = metrics.clone();
+                    let batching = batching.clone();
+                    let model = name.to_owned();
                     std::thread::Builder::new()
                         .name(format!("sluice-{name}-{i}"))
-                        .spawn(move || worker(backend, rx, &metrics))
+                        .spawn(move || Worker { backend, metrics, batching, model }.run(&rx))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Executor::Threads { jobs: Some(tx), workers }
@@ -295,6 +314,9 @@ impl ModelHandle {
         idle.lock().unwrap_or_else(|e| e.into_inner()).push(backend);
         self.metrics.queue.observe(queue_time);
         self.metrics.inference.observe(inference_time);
+        if let Some(rows) = batch::rows(inputs) {
+            self.metrics.batch_size.observe_value(rows as f64);
+        }
         let outputs = result?;
         if admitted_at.elapsed() > self.config.scoring_timeout {
             return Err(self.timeout());
@@ -395,17 +417,124 @@ fn run_backend(
     (result, took)
 }
 
-fn worker(mut backend: Box<dyn Backend>, jobs: crossbeam_channel::Receiver<Job>, metrics: &ModelMetrics) {
-    while let Ok(job) = jobs.recv() {
-        if job.reply.is_closed() {
-            // The client went away or timed out while queued: do not spend compute on it.
-            metrics.abandoned.inc();
-            continue;
+/// One instance's thread: takes jobs (batching them when configured) and runs them.
+struct Worker {
+    backend: Box<dyn Backend>,
+    metrics: Arc<ModelMetrics>,
+    batching: Option<BatchConfig>,
+    model: String,
+}
+
+impl Worker {
+    fn run(mut self, jobs: &crossbeam_channel::Receiver<Job>) {
+        // A job taken from the queue that did not fit the batch being built starts the next one.
+        let mut carried: Option<Job> = None;
+        loop {
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            if self.abandoned(&first) {
+                continue;
+            }
+            let batch = match &self.batching {
+                Some(config) => Self::collect(config, first, jobs, &mut carried, &self.metrics),
+                None => vec![first],
+            };
+            self.run_batch(batch);
         }
+    }
+
+    /// A job whose client has gone (disconnected or timed out) is dropped before it costs compute.
+    fn abandoned(&self, job: &Job) -> bool {
+        let gone = job.reply.is_closed();
+        if gone {
+            self.metrics.abandoned.inc();
+        }
+        gone
+    }
+
+    /// Gathers compatible queued jobs after `first`, up to the configured limits.
+    fn collect(
+        config: &BatchConfig,
+        first: Job,
+        jobs: &crossbeam_channel::Receiver<Job>,
+        carried: &mut Option<Job>,
+        metrics: &ModelMetrics,
+    ) -> Vec<Job> {
+        let Some(mut total) = batch::rows(&first.inputs) else { return vec![first] };
+        let deadline = Instant::now() + config.max_queue_delay;
+        let mut batch = vec![first];
+        while total < config.max_batch_size && !config.preferred_batch_sizes.contains(&total) {
+            let next =
+                if config.max_queue_delay.is_zero() { jobs.try_recv().ok() } else { jobs.recv_deadline(deadline).ok() };
+            let Some(job) = next else { break };
+            if job.reply.is_closed() {
+                metrics.abandoned.inc();
+                continue;
+            }
+            let head = &batch[0];
+            match batch::rows(&job.inputs) {
+                Some(rows)
+                    if total + rows <= config.max_batch_size
+                        && batch::compatible(&head.inputs, &head.outputs, &job.inputs, &job.outputs) =>
+                {
+                    total += rows;
+                    batch.push(job);
+                }
+                _ => {
+                    *carried = Some(job);
+                    break;
+                }
+            }
+        }
+        batch
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        if batch.len() == 1 {
+            return batch.into_iter().for_each(|job| self.run_one(job));
+        }
+        let rows: Vec<usize> = batch.iter().map(|j| batch::rows(&j.inputs).unwrap_or(0)).collect();
+        let parts: Vec<&[Tensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
+        let Some(inputs) = batch::concat(&parts) else {
+            return batch.into_iter().for_each(|job| self.run_one(job));
+        };
+        let queue_times: Vec<Duration> = batch.iter().map(|j| j.admitted_at.elapsed()).collect();
+        let (result, inference_time) = run_backend(self.backend.as_mut(), &inputs, &batch[0].outputs);
+        self.metrics.inference.observe(inference_time);
+        self.metrics.batch_size.observe_value(rows.iter().sum::<usize>() as f64);
+        queue_times.iter().for_each(|&t| self.metrics.queue.observe(t));
+        match result.map(|outputs| batch::split(outputs, &rows)) {
+            Ok(Some(per_request)) => {
+                for ((job, outputs), queue_time) in batch.into_iter().zip(per_request).zip(queue_times) {
+                    let _ = job.reply.send(Ok(InferOutcome { outputs, queue_time, inference_time }));
+                }
+            }
+            Ok(None) => {
+                tracing::warn!(model = %self.model, "batching off: the model's outputs do not keep one row per input row");
+                self.batching = None;
+                batch.into_iter().for_each(|job| self.run_one(job));
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn run_one(&mut self, job: Job) {
         let queue_time = job.admitted_at.elapsed();
-        let (result, inference_time) = run_backend(backend.as_mut(), &job.inputs, &job.outputs);
-        metrics.queue.observe(queue_time);
-        metrics.inference.observe(inference_time);
+        let (result, inference_time) = run_backend(self.backend.as_mut(), &job.inputs, &job.outputs);
+        self.metrics.queue.observe(queue_time);
+        self.metrics.inference.observe(inference_time);
+        if let Some(rows) = batch::rows(&job.inputs) {
+            self.metrics.batch_size.observe_value(rows as f64);
+        }
         let _ = job.reply.send(result.map(|outputs| InferOutcome { outputs, queue_time, inference_time }));
     }
 }

@@ -25,15 +25,34 @@ impl ErrorKind {
 }
 
 /// Metrics of one model version, updated lock-free on the request path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModelMetrics {
     pub requests: Counter,
     pub errors: [Counter; 4],
     /// Requests dropped from the queue because their client had gone.
     pub abandoned: Counter,
+    /// Whole request, from the server's point of view.
     pub request: Histogram,
+    /// From admission until an instance took the request, per request.
     pub queue: Histogram,
+    /// One engine run, per batch (a batch of one when batching is off).
     pub inference: Histogram,
+    /// Rows per engine run.
+    pub batch_size: Histogram,
+}
+
+impl Default for ModelMetrics {
+    fn default() -> Self {
+        ModelMetrics {
+            requests: Counter::default(),
+            errors: Default::default(),
+            abandoned: Counter::default(),
+            request: Histogram::default(),
+            queue: Histogram::default(),
+            inference: Histogram::default(),
+            batch_size: Histogram::sizes(),
+        }
+    }
 }
 
 impl ModelMetrics {

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
-mod json;
+pub mod json;
 mod repository;
 mod score;
 mod v2;
@@ -151,8 +151,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     );
     enc.histograms(
         "sluice_inference_duration_seconds",
-        "Time the model instance spent running the request, in seconds.",
+        "Time the model instance spent on one run (one batch), in seconds.",
         models.iter().zip(&labels).map(|(m, l)| (&l[..], &m.metrics().inference)),
+    );
+    enc.histograms(
+        "sluice_batch_size",
+        "Rows per model run (several requests when dynamic batching joins them).",
+        models.iter().zip(&labels).map(|(m, l)| (&l[..], &m.metrics().batch_size)),
     );
     enc.gauges(
         "sluice_model_instances",

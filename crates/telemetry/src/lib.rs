@@ -40,31 +40,62 @@ impl Counter {
 pub const SECONDS_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// A histogram of durations with the [`SECONDS_BUCKETS`] bounds.
+/// Bucket upper bounds for size histograms (batch sizes): powers of two up to 1024.
+pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// A fixed-bucket histogram: durations with [`SECONDS_BUCKETS`] by default, or sizes.
 #[derive(Debug)]
 pub struct Histogram {
+    bounds: &'static [f64],
     /// Non-cumulative counts per bucket; the last slot is `+Inf`.
-    buckets: [AtomicU64; SECONDS_BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+    /// Sum of observations, in units of `1 / scale` (nanoseconds for durations), so that it can be
+    /// an integer atomic.
+    sum: AtomicU64,
+    scale: f64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum_nanos: AtomicU64::new(0) }
+        Histogram::new(SECONDS_BUCKETS, 1e9)
     }
 }
 
 impl Histogram {
+    fn new(bounds: &'static [f64], scale: f64) -> Self {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    /// A histogram of sizes (counts of things) with [`SIZE_BUCKETS`].
+    pub fn sizes() -> Self {
+        Histogram::new(SIZE_BUCKETS, 1.0)
+    }
+
+    /// Records a duration.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let idx = SECONDS_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(SECONDS_BUCKETS.len());
+        self.observe_value(d.as_secs_f64());
+    }
+
+    /// Records a value in the histogram's unit (seconds, or a size).
+    pub fn observe_value(&self, v: f64) {
+        let idx = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
         self.buckets[idx].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.sum.fetch_add((v * self.scale).max(0.0) as u64, Ordering::Relaxed);
     }
 
     /// Number of observations.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Sum of observations, in the histogram's unit.
+    pub fn sum(&self) -> f64 {
+        self.sum.load(Ordering::Relaxed) as f64 / self.scale
     }
 }
 
@@ -126,7 +157,7 @@ impl TextEncoder {
         }
     }
 
-    /// A histogram family; `name` should end in `_seconds`.
+    /// A histogram family; a duration family's `name` ends in `_seconds`.
     pub fn histograms<'a>(
         &mut self,
         name: &str,
@@ -138,12 +169,12 @@ impl TextEncoder {
             let mut cumulative = 0;
             for (i, bucket) in h.buckets.iter().enumerate() {
                 cumulative += bucket.load(Ordering::Relaxed);
-                let le = SECONDS_BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+                let le = h.bounds.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
                 let _ = write!(self.out, "{name}_bucket");
                 write_labels(&mut self.out, labels, Some(("le", &le)));
                 let _ = writeln!(self.out, " {cumulative}");
             }
-            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let sum = h.sum();
             let _ = write!(self.out, "{name}_sum");
             write_labels(&mut self.out, labels, None);
             let _ = write!(self.out, " {sum}\n{name}_count");
@@ -176,5 +207,14 @@ mod tests {
         assert!(text.contains("x_seconds_bucket{model=\"m\\\"1\",le=\"+Inf\"} 3\n"), "{text}");
         assert!(text.contains("x_seconds_count{model=\"m\\\"1\"} 3\n"), "{text}");
         assert_eq!(h.count(), 3);
+
+        let sizes = Histogram::sizes();
+        sizes.observe_value(3.0);
+        sizes.observe_value(64.0);
+        let mut enc = TextEncoder::default();
+        enc.histograms("b", "help", [(&[][..], &sizes)]);
+        let text = enc.finish();
+        assert!(text.contains("b_bucket{le=\"2\"} 0\nb_bucket{le=\"4\"} 1\n"), "{text}");
+        assert!(text.contains("b_sum 67\n"), "{text}");
     }
 }

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Turns one run_load.sh run (peer raw jsonl, floor raw jsonl, versions, native timings) into a
+Markdown section: median of passes per (server, model, concurrency), ratios against the FastAPI
+peers and the bare hyper floor, and the issue's targets checked."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def main():
+    peer_raw, floor_raw, versions_path, native_path = sys.argv[1:5]
+    rows = load(peer_raw) + load(floor_raw)
+    cells = defaultdict(list)
+    for r in rows:
+        server = "sluice" if r["server"] == "custom" else r["server"]
+        cells[(server, r["model"], int(r["conc"]))].append(r)
+
+    def med(server, model, conc, key):
+        vals = [r[key] for r in cells.get((server, model, conc), []) if key in r]
+        return statistics.median(vals) if vals else None
+
+    servers = [s for s in ["sluice", "hyper-bare", "fastapi-1w", "fastapi-2w"] if any(k[0] == s for k in cells)]
+    models = sorted({k[1] for k in cells})
+    concs = sorted({k[2] for k in cells})
+    with open(versions_path) as f:
+        header = [line.rstrip() for line in f if line.startswith(("date:", "host:", "os:", "load generator:", "load average"))]
+    out = ["", f"## Load run {header[0].split()[1] if header else ''}", ""]
+    out += [f"- {line}" for line in header]
+    out += ["- sluice: `sluice serve mlp-small.onnx mlp-large.onnx` (defaults: threads execution, one instance per core, "
+            "1 ORT thread each), OIP v2 JSON bodies; FastAPI peers get the equivalent /score bodies; hyper-bare answers "
+            "the same response bytes without a model (the HTTP floor)", ""]
+    out += ["Medians over passes; rps = requests/s; latency in ms; errors summed.", ""]
+    for model in models:
+        out += [f"### {model}", "", "| server | conc | rps | p50 ms | p99 ms | errors | passes | sluice rps / this |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for server in servers:
+            for conc in concs:
+                rps = med(server, model, conc, "rps")
+                if rps is None:
+                    continue
+                p50, p99 = med(server, model, conc, "lat_p50_us"), med(server, model, conc, "lat_p99_us")
+                errs = sum(r.get("errors", 0) for r in cells[(server, model, conc)])
+                ours = med("sluice", model, conc, "rps")
+                ratio = f"{ours / rps:.2f}x" if ours and server != "sluice" else ""
+                out.append(f"| {server} | {conc} | {rps:.0f} | {p50 / 1000:.3f} | {p99 / 1000:.3f} | {errs} | "
+                           f"{len(cells[(server, model, conc)])} | {ratio} |")
+        out.append("")
+    out += ["### Targets (issue 2)", ""]
+    small64 = med("sluice", "mlp-small", 64, "rps")
+    for peer in ["fastapi-1w", "fastapi-2w"]:
+        p = med(peer, "mlp-small", 64, "rps")
+        if small64 and p:
+            verdict = "met" if small64 >= 10 * p else "not met"
+            out.append(f"- mlp-small c=64: sluice {small64:.0f} rps = {small64 / p:.1f}x {peer} ({p:.0f}); target 10x: {verdict}")
+    p50 = med("sluice", "mlp-small", 1, "lat_p50_us")
+    if p50 is not None:
+        out.append(f"- mlp-small c=1 p50: {p50 / 1000:.3f} ms; target <= 0.100 ms: {'met' if p50 <= 100 else 'not met'}")
+    for model in models:
+        for conc in concs:
+            ours, floor = med("sluice", model, conc, "rps"), med("hyper-bare", model, conc, "rps")
+            if ours and floor:
+                out.append(f"- {model} c={conc}: sluice reaches {ours / floor:.0%} of bare hyper's rps "
+                           f"(p50 {med('sluice', model, conc, 'lat_p50_us') / 1000:.3f} vs "
+                           f"{med('hyper-bare', model, conc, 'lat_p50_us') / 1000:.3f} ms)")
+    native = load(native_path)
+    if native:
+        out += ["", "In-process ONNX Runtime (Rust `ort`, same machine, same run; p50 per `session.run`):", ""]
+        for n in native:
+            if n.get("threads") == 1:
+                out.append(f"- {n['model']} batch {n['batch']}, 1 thread: {n['p50_us']:.1f} us")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Load harness: Sluice against the FastAPI peer and a bare hyper server, in one run, on the
+# same machine, with the same load generator and request bodies (the shared peer harness in
+# ../shared/bench: wrk -t1, keep-alive, batch 1 per request, 127.0.0.1 only, bounded durations).
+#
+#   benches/run_load.sh                          # full: ~20 min; appends a section to benches/RESULTS.md
+#   DUR=3 RUNS=1 CONCS="1 64" benches/run_load.sh   # quick look
+#
+# Knobs: DUR (s per point, 10) RUNS (passes, 3) CONCS ("1 8 64") MODELS ("mlp-small mlp-large")
+#        PEERS ("fastapi-1w fastapi-2w") SHARED_BENCH (path of shared/bench) SKIP_INSTALL=1
+# Every server runs in its own session and is stopped by its process-group id by the peer harness.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+[ -x "$SHARED/run_peers.sh" ] || { echo "peer harness not found at $SHARED (set SHARED_BENCH)" >&2; exit 1; }
+export DUR=${DUR:-10} RUNS=${RUNS:-3} CONCS=${CONCS:-"1 8 64"} MODELS=${MODELS:-"mlp-small mlp-large"}
+export TAG=${TAG:-sluice-$(date -u +%Y-%m-%dT%H%M)}
+PEERS=${PEERS:-"fastapi-1w fastapi-2w"}
+WORK=$ROOT/benches/work
+# The peer harness keeps venvs, logs and results beside itself: run it from a writable copy.
+export BENCH_DIR=$WORK/peer-bench
+mkdir -p "$WORK"
+
+echo "[run_load] building sluice (release)"
+(cd "$ROOT" && cargo build --release -q)
+export SLUICE_HOME=$WORK/home SLUICE_LOG=warn
+if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1" ]; then
+  export SLUICE_ORT_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1
+fi
+# `sluice serve` fetches ONNX Runtime into SLUICE_HOME on first use when SLUICE_ORT_LIB is unset.
+SLUICE_CMD="$ROOT/target/release/sluice serve $ROOT/models/mlp-small.onnx $ROOT/models/mlp-large.onnx --port 8150"
+
+echo "[run_load] peers + sluice (tag $TAG)"
+SERVERS="$PEERS custom" CUSTOM_CMD="$SLUICE_CMD" CUSTOM_PORT=8150 CUSTOM_PROTO=v2 "$SHARED/run_peers.sh"
+
+echo "[run_load] bare hyper floor (same bodies, same answers, no model)"
+CONFIGS="hyper-bare" "$BENCH_DIR/floor/run_floor.sh"
+
+python3 "$ROOT/benches/report.py" \
+  "$BENCH_DIR/results/raw-$TAG.jsonl" "$BENCH_DIR/floor/results/raw-floor-$TAG.jsonl" \
+  "$BENCH_DIR/results/versions-$TAG.txt" "$BENCH_DIR/results/native-$TAG.jsonl" >> "$ROOT/benches/RESULTS.md"
+echo "[run_load] appended to benches/RESULTS.md"
