@@ -1,17 +1,15 @@
 //! JSON tensor data straight into typed buffers and back.
 //!
-//! Request data (`[[1, 2], [3, 4]]` or `[1, 2, 3, 4]`) is decoded element by element into the
-//! typed vector for the input's datatype, with no intermediate `serde_json::Value` tree; nesting is
-//! flattened row-major and, when asked, its shape is recorded (for `/score`, whose requests carry
-//! no shape). Range and type errors come from serde and name the offending value.
+//! Request data (`[[1, 2], [3, 4]]` or `[1, 2, 3, 4]`) is parsed from its text straight into the
+//! typed vector for the input's datatype, with no intermediate `serde_json::Value` tree and no
+//! per-element allocation; nesting is flattened row-major and, when asked, its shape is recorded
+//! (for `/score`, whose requests carry no shape). Errors name the offending value and its offset.
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use half::f16;
-use serde::de::{self, DeserializeSeed, IntoDeserializer, SeqAccess, Visitor};
+use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
-use serde::{Deserialize, Serialize};
 use sluice_core::{DataType, TensorData};
 
 /// Records the extent of each nesting level and checks that the nesting is rectangular.
@@ -51,110 +49,228 @@ impl ShapeTracker {
     }
 }
 
+/// Why JSON tensor data could not be read; names the offending value and its byte offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DataError(String);
+
+/// Deepest nesting accepted: far beyond any real tensor, and it keeps a hostile `[[[[...` from
+/// exhausting the stack.
+const MAX_DEPTH: usize = 32;
+
+/// One JSON scalar as an element type.
+trait Scalar: Sized {
+    fn parse(token: &str) -> Option<Self>;
+}
+
+/// Exact powers of ten up to 1e22, the largest that an f64 holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+/// Plain decimals (`-0.0892`, `17`, `3.25`): the form nearly all tensor data takes. With at most
+/// 15 significant digits and 22 fraction digits both the digits and the power of ten are exact
+/// f64 values, so one division gives the correctly rounded f64 (Clinger's fast path). Anything
+/// else (exponents, long mantissas) is left to the standard library's parser.
+fn fast_decimal(token: &[u8]) -> Option<f64> {
+    let (negative, digits) = match token.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, token),
+    };
+    let mut mantissa = 0u64;
+    let mut significant = 0usize;
+    let mut fraction_digits = 0usize;
+    let mut seen_point = false;
+    let mut seen_digit = false;
+    for &b in digits {
+        match b {
+            b'0'..=b'9' => {
+                seen_digit = true;
+                if mantissa > 0 || b != b'0' {
+                    significant += 1;
+                }
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                if seen_point {
+                    fraction_digits += 1;
+                }
+                if significant > 15 || fraction_digits > 22 {
+                    return None;
+                }
+            }
+            b'.' if !seen_point => seen_point = true,
+            _ => return None,
+        }
+    }
+    if !seen_digit {
+        return None;
+    }
+    let value = mantissa as f64 / POW10[fraction_digits];
+    Some(if negative { -value } else { value })
+}
+
+impl Scalar for f64 {
+    fn parse(token: &str) -> Option<Self> {
+        // JSON numbers start with '-' or a digit; this also refuses Rust-only forms such as
+        // "inf", "NaN" or "+1".
+        let first = token.as_bytes().first()?;
+        if *first != b'-' && !first.is_ascii_digit() {
+            return None;
+        }
+        fast_decimal(token.as_bytes()).or_else(|| token.parse().ok())
+    }
+}
+
+impl Scalar for f32 {
+    fn parse(token: &str) -> Option<Self> {
+        // Through f64, as serde_json and NumPy's float32(float(text)) do.
+        <f64 as Scalar>::parse(token).map(|v| v as f32)
+    }
+}
+
+macro_rules! int_scalar {
+    ($($t:ty),*) => {$(
+        impl Scalar for $t {
+            fn parse(token: &str) -> Option<Self> {
+                // `parse` refuses fractions, exponents and values out of the type's range.
+                if token.starts_with('+') { None } else { token.parse().ok() }
+            }
+        }
+    )*};
+}
+int_scalar!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl Scalar for bool {
+    fn parse(token: &str) -> Option<Self> {
+        match token {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl Scalar for f16 {
+    fn parse(token: &str) -> Option<Self> {
+        <f32 as Scalar>::parse(token).map(f16::from_f32)
+    }
+}
+
+/// A recursive-descent reader over the bytes of one JSON value holding numbers or booleans,
+/// nested to any rectangular depth. It parses each scalar straight from its text into the
+/// element type, so nothing is allocated per element and nothing is parsed twice.
+struct Scanner<'a, 's, T> {
+    src: &'a str,
+    pos: usize,
+    out: Vec<T>,
+    shape: Option<&'s mut ShapeTracker>,
+    dtype: DataType,
+}
+
+impl<T: Scalar> Scanner<'_, '_, T> {
+    fn fail<R>(&self, what: impl fmt::Display) -> Result<R, DataError> {
+        Err(DataError(format!("{what} at byte {}", self.pos)))
+    }
+
+    fn skip_ws(&mut self) {
+        let bytes = self.src.as_bytes();
+        while self.pos < bytes.len() && matches!(bytes[self.pos], b' ' | b'\t' | b'\n' | b'\r') {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.pos).copied()
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), DataError> {
+        self.skip_ws();
+        match self.peek() {
+            None => self.fail("unexpected end of data"),
+            Some(b'[') => {
+                if depth >= MAX_DEPTH {
+                    return self.fail(format!("arrays nested deeper than {MAX_DEPTH}"));
+                }
+                self.pos += 1;
+                self.skip_ws();
+                let mut len = 0i64;
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                } else {
+                    loop {
+                        self.value(depth + 1)?;
+                        len += 1;
+                        self.skip_ws();
+                        match self.peek() {
+                            Some(b',') => self.pos += 1,
+                            Some(b']') => {
+                                self.pos += 1;
+                                break;
+                            }
+                            _ => return self.fail("expected ',' or ']'"),
+                        }
+                    }
+                }
+                match self.shape.as_deref_mut().map(|s| s.enter(depth, len)) {
+                    Some(Err(e)) => self.fail(e),
+                    _ => Ok(()),
+                }
+            }
+            Some(_) => {
+                let start = self.pos;
+                let rest = &self.src.as_bytes()[start..];
+                let len = rest
+                    .iter()
+                    .position(|b| matches!(b, b',' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                    .unwrap_or(rest.len());
+                self.pos += len;
+                let token = &self.src[start..self.pos];
+                let Some(v) = T::parse(token) else {
+                    self.pos = start;
+                    return self.fail(format!("{token} is not a valid {} value", self.dtype));
+                };
+                self.out.push(v);
+                match self.shape.as_deref_mut().map(|s| s.leaf(depth)) {
+                    Some(Err(e)) => self.fail(e),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn scan<T: Scalar>(src: &str, dtype: DataType, shape: Option<&mut ShapeTracker>) -> Result<Vec<T>, DataError> {
+    // Rows of short numbers: about one element per 8 bytes of text is a close first guess.
+    let mut scanner = Scanner { src, pos: 0, out: Vec::with_capacity(src.len() / 8), shape, dtype };
+    scanner.value(0)?;
+    scanner.skip_ws();
+    if scanner.pos != src.len() {
+        return scanner.fail("unexpected text after the data");
+    }
+    Ok(scanner.out)
+}
+
 /// Decodes a JSON value (a scalar or arbitrarily nested arrays) into a typed buffer.
 pub fn decode_data(
     raw: &serde_json::value::RawValue,
     dtype: DataType,
     shape: Option<&mut ShapeTracker>,
-) -> Result<TensorData, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    macro_rules! read {
-        ($variant:ident, $t:ty) => {{
-            let mut out: Vec<$t> = Vec::new();
-            Element { out: &mut out, depth: 0, shape, _t: PhantomData::<$t> }.deserialize(&mut de)?;
-            TensorData::$variant(out)
-        }};
-    }
-    let data = match dtype {
-        DataType::Bool => read!(Bool, bool),
-        DataType::U8 => read!(U8, u8),
-        DataType::U16 => read!(U16, u16),
-        DataType::U32 => read!(U32, u32),
-        DataType::U64 => read!(U64, u64),
-        DataType::I8 => read!(I8, i8),
-        DataType::I16 => read!(I16, i16),
-        DataType::I32 => read!(I32, i32),
-        DataType::I64 => read!(I64, i64),
-        DataType::F32 => read!(F32, f32),
-        DataType::F64 => read!(F64, f64),
-        DataType::F16 => {
-            let mut wide: Vec<f32> = Vec::new();
-            Element { out: &mut wide, depth: 0, shape, _t: PhantomData::<f32> }.deserialize(&mut de)?;
-            TensorData::F16(wide.into_iter().map(f16::from_f32).collect())
-        }
-    };
-    de.end()?;
-    Ok(data)
-}
-
-/// One JSON value at `depth`: an array (recursed into) or a scalar (converted to `T`).
-struct Element<'a, 's, T> {
-    out: &'a mut Vec<T>,
-    depth: usize,
-    shape: Option<&'s mut ShapeTracker>,
-    _t: PhantomData<T>,
-}
-
-impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Element<'_, '_, T> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Element<'_, '_, T> {
-    fn scalar<E: de::Error>(self, d: impl de::Deserializer<'de, Error = E>) -> Result<(), E> {
-        if let Some(s) = self.shape {
-            s.leaf(self.depth).map_err(E::custom)?;
-        }
-        self.out.push(T::deserialize(d)?);
-        Ok(())
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Visitor<'de> for Element<'_, '_, T> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a number, a boolean or an array of them")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.scalar(v.into_deserializer())
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.scalar(v.into_deserializer())
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.scalar(v.into_deserializer())
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.scalar(v.into_deserializer())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let Element { out, depth, mut shape, .. } = self;
-        let mut len = 0i64;
-        while seq
-            .next_element_seed(Element {
-                out: &mut *out,
-                depth: depth + 1,
-                shape: shape.as_deref_mut(),
-                _t: PhantomData,
-            })?
-            .is_some()
-        {
-            len += 1;
-        }
-        if let Some(s) = shape {
-            s.enter(depth, len).map_err(de::Error::custom)?;
-        }
-        Ok(())
-    }
+) -> Result<TensorData, DataError> {
+    let src = raw.get();
+    Ok(match dtype {
+        DataType::Bool => TensorData::Bool(scan(src, dtype, shape)?),
+        DataType::U8 => TensorData::U8(scan(src, dtype, shape)?),
+        DataType::U16 => TensorData::U16(scan(src, dtype, shape)?),
+        DataType::U32 => TensorData::U32(scan(src, dtype, shape)?),
+        DataType::U64 => TensorData::U64(scan(src, dtype, shape)?),
+        DataType::I8 => TensorData::I8(scan(src, dtype, shape)?),
+        DataType::I16 => TensorData::I16(scan(src, dtype, shape)?),
+        DataType::I32 => TensorData::I32(scan(src, dtype, shape)?),
+        DataType::I64 => TensorData::I64(scan(src, dtype, shape)?),
+        DataType::F16 => TensorData::F16(scan(src, dtype, shape)?),
+        DataType::F32 => TensorData::F32(scan(src, dtype, shape)?),
+        DataType::F64 => TensorData::F64(scan(src, dtype, shape)?),
+    })
 }
 
 /// Applies `$body` to the typed vector of every datatype that serde can write as-is, and
@@ -247,12 +363,57 @@ mod tests {
         let err = decode_data(&raw("[[1, 2], [3]]"), DataType::F32, Some(&mut shape)).expect_err("ragged");
         assert!(err.to_string().contains("ragged"), "{err}");
         let err = decode_data(&raw("[1, \"a\"]"), DataType::F32, None).expect_err("string");
-        assert!(err.to_string().contains("string"), "{err}");
+        assert!(err.to_string().contains("\"a\" is not a valid FP32 value at byte 4"), "{err}");
+        // (Syntax errors never get here: the request is valid JSON before its data is read.)
+        assert!(decode_data(&raw("[1e3]"), DataType::I64, None).is_err());
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        let err = decode_data(&raw(&deep), DataType::F32, None).expect_err("too deep");
+        assert!(err.to_string().contains("nested deeper than 32"), "{err}");
         let err = decode_data(&raw("[300]"), DataType::U8, None).expect_err("range");
         assert!(err.to_string().contains("300"), "{err}");
         let err = decode_data(&raw("[1.5]"), DataType::I32, None).expect_err("float for int");
         assert!(err.to_string().contains("1.5"), "{err}");
         assert!(decode_data(&raw("[1]"), DataType::Bool, None).is_err());
+        assert_eq!(decode_data(&raw(" 2.5 "), DataType::F64, None).expect("scalar"), TensorData::F64(vec![2.5]));
+        assert_eq!(decode_data(&raw("[[], []]"), DataType::F32, None).expect("empty rows"), TensorData::F32(vec![]));
+        assert_eq!(
+            decode_data(&raw("[-0.0, 1E-3]"), DataType::F32, None).expect("ok"),
+            TensorData::F32(vec![-0.0, 1e-3])
+        );
+    }
+
+    #[test]
+    fn fast_decimals_match_the_standard_parser() {
+        let samples = [
+            "0",
+            "-0",
+            "1",
+            "17",
+            "0.5",
+            "-0.0892510",
+            "3.25",
+            "123456.789",
+            "0.000000000000000000001",
+            "999999999999999",
+            "0.1",
+            "0.2",
+            "0.3",
+            "2.675",
+            "1.0000000000000002",
+            "12345678901234567890",
+            "0.45747238",
+            "-1234.5678",
+            "00.5",
+        ];
+        for s in samples {
+            let want: f64 = s.parse().expect("valid");
+            let got = <f64 as Scalar>::parse(s).expect("parses");
+            assert_eq!(got.to_bits(), want.to_bits(), "{s}");
+            assert_eq!(<f32 as Scalar>::parse(s).expect("parses"), want as f32, "{s}");
+        }
+        for bad in ["", "-", ".", "1.2.3", "1-2", "+1", "inf", "NaN", "1,0"] {
+            assert!(<f64 as Scalar>::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
