@@ -7,7 +7,7 @@
 #   DUR=3 RUNS=1 CONCS="1 64" benches/run_load.sh   # quick look
 #
 # Knobs: DUR (s per point, 10) RUNS (passes, 3) CONCS ("1 8 64") MODELS ("mlp-small mlp-large")
-#        PEERS ("fastapi-1w fastapi-2w") SHARED_BENCH (path of shared/bench) SKIP_INSTALL=1
+#        PEERS ("fastapi-1w fastapi-2w pytriton") SHARED_BENCH (path of shared/bench) SKIP_INSTALL=1
 # Every server runs in its own session and is stopped by its process-group id by the peer harness.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +15,7 @@ SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
 [ -x "$SHARED/run_peers.sh" ] || { echo "peer harness not found at $SHARED (set SHARED_BENCH)" >&2; exit 1; }
 export DUR=${DUR:-10} RUNS=${RUNS:-3} CONCS=${CONCS:-"1 8 64"} MODELS=${MODELS:-"mlp-small mlp-large"}
 export TAG=${TAG:-sluice-$(date -u +%Y-%m-%dT%H%M)}
-PEERS=${PEERS:-"fastapi-1w fastapi-2w"}
+PEERS=${PEERS:-"fastapi-1w fastapi-2w pytriton"}
 WORK=$ROOT/benches/work
 # The peer harness keeps venvs, logs and results beside itself: run it from a writable copy.
 export BENCH_DIR=$WORK/peer-bench
@@ -28,10 +28,28 @@ if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ROOT/target/test-runtime/runtimes/onnx
   export SLUICE_ORT_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1
 fi
 # `sluice serve` fetches ONNX Runtime into SLUICE_HOME on first use when SLUICE_ORT_LIB is unset.
-SLUICE_CMD="$ROOT/target/release/sluice serve $ROOT/models/mlp-small.onnx $ROOT/models/mlp-large.onnx --port 8150"
+SLUICE_CMD="$ROOT/target/release/sluice serve $ROOT/models/mlp-small.onnx $ROOT/models/mlp-large.onnx"
 
 echo "[run_load] peers + sluice (tag $TAG)"
-SERVERS="$PEERS custom" CUSTOM_CMD="$SLUICE_CMD" CUSTOM_PORT=8150 CUSTOM_PROTO=v2 "$SHARED/run_peers.sh"
+SERVERS="$PEERS custom" CUSTOM_CMD="$SLUICE_CMD --port 8150" CUSTOM_PORT=8150 CUSTOM_PROTO=v2 "$SHARED/run_peers.sh"
+
+echo "[run_load] sluice with batching off (--max-batch-size 1), same method"
+NB_PORT=8151
+for run in $(seq 1 "$RUNS"); do
+  setsid $SLUICE_CMD --port $NB_PORT --max-batch-size 1 > "$WORK/nobatch.log" 2>&1 &
+  NB_PID=$!
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$NB_PORT/v2/health/ready" && break; sleep 0.2; done
+  for m in $MODELS; do
+    body=$BENCH_DIR/bodies/v2-$m.json url=http://127.0.0.1:$NB_PORT/v2/models/$m/infer
+    BODY_FILE=$body wrk -t1 -c8 -d3s --timeout 10s -s "$BENCH_DIR/post.lua" "$url" > /dev/null 2>&1
+    for c in $CONCS; do
+      BODY_FILE=$body wrk -t1 -c"$c" -d"${DUR}"s --timeout 10s --latency -s "$BENCH_DIR/post.lua" "$url" > "$WORK/wrk.out" 2>&1
+      (cd "$BENCH_DIR" && python3 benchlib.py wrkline "$WORK/wrk.out" server=sluice-nobatch model="$m" conc="$c" run="$run" \
+        cpu_s=0 load1_before="$(cut -d' ' -f1 /proc/loadavg)") >> "$BENCH_DIR/results/raw-$TAG.jsonl"
+    done
+  done
+  kill -TERM -- "-$NB_PID" 2> /dev/null || kill -TERM "$NB_PID"; wait "$NB_PID" 2> /dev/null || true
+done
 
 echo "[run_load] bare hyper floor (same bodies, same answers, no model)"
 CONFIGS="hyper-bare" "$BENCH_DIR/floor/run_floor.sh"
