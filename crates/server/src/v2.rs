@@ -220,6 +220,21 @@ async fn infer_on(model: &ModelHandle, headers: &HeaderMap, body: &Bytes) -> Res
     encode(model, request.id.as_deref(), &outcome.outputs, &binary)
 }
 
+async fn infer_model(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = state.repository.get(name, version)?;
+    instrumented(model, async {
+        let body = read_body(body, state.config.max_body_bytes)?;
+        infer_on(model, headers, &body).await
+    })
+    .await
+}
+
 /// `POST /v2/models/{name}/infer`
 pub async fn infer(
     State(state): State<Arc<AppState>>,
@@ -227,7 +242,7 @@ pub async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_versioned(State(state), Path((name, String::new())), headers, body).await
+    infer_model(&state, &name, None, &headers, body).await
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`
@@ -237,12 +252,7 @@ pub async fn infer_versioned(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let model = state.repository.get(&name, (!version.is_empty()).then_some(version.as_str()))?;
-    instrumented(model, async {
-        let body = read_body(body, state.config.max_body_bytes)?;
-        infer_on(model, &headers, &body).await
-    })
-    .await
+    infer_model(&state, &name, Some(&version), &headers, body).await
 }
 
 #[derive(Serialize)]
