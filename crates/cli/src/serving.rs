@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use sluice_backend_ort::{OrtBackend, OrtOptions};
-use sluice_core::Backend;
+use sluice_core::{Backend, DeploymentConfig};
 use sluice_registry::{ModelRef, RegisterOptions, Registry};
 use sluice_runtime::{BatchConfig, Execution, ModelConfig, ModelHandle};
 use sluice_server::{AppState, Repository, ServerConfig};
@@ -56,7 +56,13 @@ pub struct TuningArgs {
     /// Largest request body in bytes; larger ones get 413.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// JSON file of per-model settings that override the flags above, e.g.
+    /// Deployment config (Azure ML deploymentconfig.json field names: replica_max_concurrent_requests,
+    /// max_request_wait_time, scoring_timeout_ms, ...; plus instance_count, intra_op_threads,
+    /// max_batch_size, max_queue_delay_us, preferred_batch_sizes). Checked before anything starts;
+    /// its settings override the flags above for every model.
+    #[arg(long, env = "SLUICE_DEPLOY_CONFIG")]
+    pub deploy_config: Option<PathBuf>,
+    /// JSON file of per-model settings that override the flags and the deployment config, e.g.
     /// {"mlp-large": {"instance_count": 2, "intra_op_threads": 1, "scoring_timeout_ms": 5000}}.
     #[arg(long, env = "SLUICE_MODEL_CONFIG")]
     pub model_config: Option<PathBuf>,
@@ -147,6 +153,55 @@ fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
         .collect()
 }
 
+impl ModelOverrides {
+    /// `self`'s settings, falling back to `base` for the ones it leaves out.
+    fn or(&self, base: &ModelOverrides) -> ModelOverrides {
+        ModelOverrides {
+            instance_count: self.instance_count.or(base.instance_count),
+            intra_op_threads: self.intra_op_threads.or(base.intra_op_threads),
+            execution: self.execution.clone().or_else(|| base.execution.clone()),
+            max_batch_size: self.max_batch_size.or(base.max_batch_size),
+            max_queue_delay_us: self.max_queue_delay_us.or(base.max_queue_delay_us),
+            preferred_batch_sizes: self.preferred_batch_sizes.clone().or_else(|| base.preferred_batch_sizes.clone()),
+            replica_max_concurrent_requests: self
+                .replica_max_concurrent_requests
+                .or(base.replica_max_concurrent_requests),
+            max_queued_requests: self.max_queued_requests.or(base.max_queued_requests),
+            max_request_wait_time: self.max_request_wait_time.or(base.max_request_wait_time),
+            scoring_timeout_ms: self.scoring_timeout_ms.or(base.scoring_timeout_ms),
+            device: self.device.clone().or_else(|| base.device.clone()),
+        }
+    }
+}
+
+/// Reads and checks a deployment config and returns the settings a scoring process applies.
+fn load_deploy_config(path: Option<&Path>) -> anyhow::Result<ModelOverrides> {
+    let Some(path) = path else { return Ok(ModelOverrides::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = DeploymentConfig::from_json(&text).with_context(|| format!("{}", path.display()))?;
+    if config.gpu_cores.is_some_and(|n| n > 0) {
+        bail!(
+            "{}: gpu_cores is {} but this build runs models on cpu only",
+            path.display(),
+            config.gpu_cores.unwrap_or(0)
+        );
+    }
+    if config.num_replicas.is_some_and(|n| n > 1) || config.autoscale_enabled == Some(true) {
+        tracing::info!("num_replicas and autoscale_* apply to services; `sluice serve` is one replica");
+    }
+    Ok(ModelOverrides {
+        instance_count: config.instance_count,
+        intra_op_threads: config.intra_op_threads,
+        max_batch_size: config.max_batch_size,
+        max_queue_delay_us: config.max_queue_delay_us,
+        preferred_batch_sizes: config.preferred_batch_sizes,
+        replica_max_concurrent_requests: config.replica_max_concurrent_requests,
+        max_request_wait_time: config.max_request_wait_time,
+        scoring_timeout_ms: config.scoring_timeout_ms,
+        ..ModelOverrides::default()
+    })
+}
+
 fn load_overrides(path: Option<&Path>) -> anyhow::Result<BTreeMap<String, ModelOverrides>> {
     let Some(path) = path else { return Ok(BTreeMap::new()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -186,18 +241,39 @@ fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<(Mode
     Ok((config, OrtOptions { intra_op_threads, device }))
 }
 
-/// Loads every model and returns the repository to serve.
-fn load_models(home: &Path, tuning: &TuningArgs, sources: Vec<ModelSource>) -> anyhow::Result<Repository> {
-    let overrides = load_overrides(tuning.model_config.as_deref())?;
-    if let Some(unknown) = overrides.keys().find(|k| !sources.iter().any(|s| &s.name == *k)) {
+/// The deployment config and per-model settings, read and checked before anything starts.
+struct Settings {
+    deploy: ModelOverrides,
+    per_model: BTreeMap<String, ModelOverrides>,
+}
+
+fn load_settings(tuning: &TuningArgs, sources: &[ModelSource]) -> anyhow::Result<Settings> {
+    let deploy = load_deploy_config(tuning.deploy_config.as_deref())?;
+    let per_model = load_overrides(tuning.model_config.as_deref())?;
+    if let Some(unknown) = per_model.keys().find(|k| !sources.iter().any(|s| &s.name == *k)) {
         bail!("the model config names '{unknown}', which is not among the models being served");
     }
+    for source in sources {
+        let merged = per_model.get(&source.name).cloned().unwrap_or_default().or(&deploy);
+        model_config(tuning, &merged).with_context(|| format!("model {}", source.name))?;
+    }
+    Ok(Settings { deploy, per_model })
+}
+
+/// Loads every model and returns the repository to serve.
+fn load_models(
+    home: &Path,
+    tuning: &TuningArgs,
+    settings: &Settings,
+    sources: Vec<ModelSource>,
+) -> anyhow::Result<Repository> {
+    let (deploy, overrides) = (&settings.deploy, &settings.per_model);
     let library = sluice_backend_ort::locate_or_provision(tuning.ort_lib.as_deref(), home)?;
     let env = sluice_backend_ort::init(&library)?;
     let mut repository = Repository::default();
     for source in sources {
-        let (config, options) = model_config(tuning, overrides.get(&source.name).unwrap_or(&ModelOverrides::default()))
-            .with_context(|| format!("model {}", source.name))?;
+        let merged = overrides.get(&source.name).cloned().unwrap_or_default().or(deploy);
+        let (config, options) = model_config(tuning, &merged).with_context(|| format!("model {}", source.name))?;
         let started = Instant::now();
         let instances = config.instance_count;
         let handle = ModelHandle::start(&source.name, &source.version, config, |_| {
@@ -255,13 +331,14 @@ fn run_server(
     sources: Vec<ModelSource>,
     banner: impl FnOnce(SocketAddr, &Repository) -> String,
 ) -> anyhow::Result<()> {
+    let settings = load_settings(tuning, &sources)?;
     let runtime = tokio_runtime(tuning.http_threads)?;
     // Bind before loading so a busy port fails at once, not after a slow model load.
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind((host, port)))
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr = listener.local_addr()?;
-    let repository = load_models(home, tuning, sources)?;
+    let repository = load_models(home, tuning, &settings, sources)?;
     let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes });
     println!("{}", banner(addr, &state.repository));
     runtime.block_on(sluice_server::serve(listener, state, shutdown_signal()))?;

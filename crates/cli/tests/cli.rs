@@ -239,3 +239,42 @@ async fn serve_takes_files_and_registry_references() {
     );
     assert!(err.contains("SLUICE_ORT_LIB"), "{err}");
 }
+
+#[tokio::test]
+async fn deploy_config_is_checked_before_anything_starts_and_applied() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let bad = home.path().join("bad.json");
+    std::fs::write(&bad, r#"{"num_replicas": 2, "autoscale_enabled": true, "cpu_cores": 2, "cpu_cores_limit": 1}"#)
+        .expect("write");
+    let err = run_err(
+        sluice(home.path())
+            .arg("serve")
+            .arg(model_path("mlp-small"))
+            .arg("--deploy-config")
+            .arg(&bad)
+            .args(["--port", "0"]),
+    );
+    assert!(
+        err.contains("num_replicas and autoscale_enabled")
+            && err.contains("cpu_cores_limit (1) is below cpu_cores (2)"),
+        "{err}"
+    );
+    assert!(!home.path().join("runtimes").exists(), "refused before anything was fetched or loaded");
+
+    let good = home.path().join("deploymentconfig.json");
+    std::fs::write(
+        &good,
+        r#"{"computeType": "AKS", "cpu_cores": 1, "memory_gb": 1, "instance_count": 1,
+        "replica_max_concurrent_requests": 8, "scoring_timeout_ms": 5000, "max_batch_size": 16}"#,
+    )
+    .expect("write");
+    let server = Server::start({
+        let mut c = sluice(home.path());
+        c.arg("serve").arg(model_path("mlp-small")).arg("--deploy-config").arg(&good);
+        c
+    });
+    let text = reqwest::get(format!("{}/metrics", server.url)).await.expect("metrics").text().await.expect("text");
+    assert!(text.contains("sluice_model_instances{model=\"mlp-small\",version=\"1\"} 1\n"), "{text}");
+    let (ok, _) = tokio::task::spawn_blocking(move || server.terminate()).await.expect("join");
+    assert!(ok);
+}

@@ -5,11 +5,13 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod deploy;
 mod dtype;
 mod signature;
 mod tensor;
 
 pub use backend::{Backend, BackendError, BackendInfo, Device};
+pub use deploy::{DeployConfigError, DeploymentConfig};
 pub use dtype::DataType;
 pub use signature::{ModelSignature, TensorSpec, ValidationError};
 pub use tensor::{Tensor, TensorData, TensorError};
