@@ -38,6 +38,25 @@ fn names(specs: &[TensorSpec]) -> String {
     specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// Datatype and shape of one input against its spec.
+fn check(spec: &TensorSpec, tensor: &Tensor) -> Result<(), ValidationError> {
+    if tensor.dtype() != spec.datatype {
+        return Err(ValidationError::WrongDatatype {
+            name: tensor.name.clone(),
+            expected: spec.datatype,
+            got: tensor.dtype(),
+        });
+    }
+    if !shape_fits(&spec.shape, &tensor.shape) {
+        return Err(ValidationError::WrongShape {
+            name: tensor.name.clone(),
+            expected: spec.shape.clone(),
+            got: tensor.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// A shape fits a spec when the ranks agree and every fixed dimension matches.
 fn shape_fits(spec: &[i64], got: &[i64]) -> bool {
     spec.len() == got.len() && spec.iter().zip(got).all(|(&s, &g)| s < 0 || s == g)
@@ -46,23 +65,21 @@ fn shape_fits(spec: &[i64], got: &[i64]) -> bool {
 impl ModelSignature {
     /// Checks request inputs against the signature and returns them in the model's input order.
     pub fn order_inputs(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ValidationError> {
+        // Clients nearly always send every input in the model's order: check them where they are.
+        let in_order =
+            inputs.len() == self.inputs.len() && inputs.iter().zip(&self.inputs).all(|(t, s)| t.name == s.name);
+        if in_order {
+            for (tensor, spec) in inputs.iter().zip(&self.inputs) {
+                check(spec, tensor)?;
+            }
+            return Ok(inputs);
+        }
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         for tensor in inputs {
             let Some(idx) = self.inputs.iter().position(|s| s.name == tensor.name) else {
                 return Err(ValidationError::UnknownInput { name: tensor.name, expected: names(&self.inputs) });
             };
-            let spec = &self.inputs[idx];
-            if tensor.dtype() != spec.datatype {
-                let got = tensor.dtype();
-                return Err(ValidationError::WrongDatatype { name: tensor.name, expected: spec.datatype, got });
-            }
-            if !shape_fits(&spec.shape, &tensor.shape) {
-                return Err(ValidationError::WrongShape {
-                    name: tensor.name,
-                    expected: spec.shape.clone(),
-                    got: tensor.shape,
-                });
-            }
+            check(&self.inputs[idx], &tensor)?;
             if slots[idx].is_some() {
                 return Err(ValidationError::DuplicateInput(tensor.name));
             }

@@ -5,8 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use std::borrow::Cow;
+use std::convert::Infallible;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -23,8 +27,8 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 #[derive(Deserialize)]
 struct WireRequest<'a> {
-    #[serde(default)]
-    id: Option<String>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
     #[serde(default)]
     parameters: Option<RequestParameters>,
     #[serde(borrow)]
@@ -43,7 +47,8 @@ struct RequestParameters {
 struct WireInput<'a> {
     name: String,
     shape: Vec<i64>,
-    datatype: String,
+    #[serde(borrow)]
+    datatype: Cow<'a, str>,
     #[serde(default)]
     parameters: Option<InputParameters>,
     #[serde(borrow, default)]
@@ -70,16 +75,28 @@ struct OutputParameters {
 }
 
 /// An infer request after decoding, before validation against the model.
-struct InferRequest {
-    id: Option<String>,
+struct InferRequest<'a> {
+    id: Option<Cow<'a, str>>,
     inputs: Vec<Tensor>,
     /// Requested outputs by name with their own `binary_data` choice; empty means all outputs.
     outputs: Vec<(String, Option<bool>)>,
     binary_by_default: bool,
 }
 
-fn decode(headers: &HeaderMap, body: &Bytes) -> Result<InferRequest, ApiError> {
-    let (json, mut binary) = match headers.get(HEADER_LENGTH) {
+/// The `Inference-Header-Content-Length` header, taken from the request without copying the
+/// whole header map (which axum's `HeaderMap` extractor does).
+pub struct HeaderLength(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for HeaderLength {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(HeaderLength(parts.headers.get(HEADER_LENGTH).cloned()))
+    }
+}
+
+fn decode<'a>(header_length: Option<&HeaderValue>, body: &'a Bytes) -> Result<InferRequest<'a>, ApiError> {
+    let (json, mut binary) = match header_length {
         None => (&body[..], &[][..]),
         Some(v) => {
             let len: usize = v
@@ -202,8 +219,12 @@ fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[b
     Ok(response)
 }
 
-async fn infer_on(model: &ModelHandle, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
-    let request = decode(headers, body)?;
+async fn infer_on(
+    model: &ModelHandle,
+    header_length: Option<&HeaderValue>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let request = decode(header_length, body)?;
     let signature = model.signature();
     let inputs = signature.order_inputs(request.inputs).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let picked = signature
@@ -224,13 +245,13 @@ async fn infer_model(
     state: &AppState,
     name: &str,
     version: Option<&str>,
-    headers: &HeaderMap,
+    header_length: HeaderLength,
     body: Body,
 ) -> Result<Response, ApiError> {
     let model = state.repository.get(name, version)?;
     instrumented(model, async {
         let body = read_body(body, state.config.max_body_bytes)?;
-        infer_on(model, headers, &body).await
+        infer_on(model, header_length.0.as_ref(), &body).await
     })
     .await
 }
@@ -239,20 +260,20 @@ async fn infer_model(
 pub async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    header_length: HeaderLength,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_model(&state, &name, None, &headers, body).await
+    infer_model(&state, &name, None, header_length, body).await
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`
 pub async fn infer_versioned(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
+    header_length: HeaderLength,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_model(&state, &name, Some(&version), &headers, body).await
+    infer_model(&state, &name, Some(&version), header_length, body).await
 }
 
 #[derive(Serialize)]
