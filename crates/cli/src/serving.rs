@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use sluice_backend_ort::{OrtBackend, OrtOptions};
-use sluice_core::{Backend, DeploymentConfig};
+use sluice_core::{Backend, DeploymentConfig, Device};
 use sluice_registry::{ModelRef, RegisterOptions, Registry};
 use sluice_runtime::{BatchConfig, Execution, ModelConfig, ModelHandle};
 use sluice_server::{AppState, Repository, ServerConfig};
@@ -233,11 +233,20 @@ fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<(Mode
     if config.scoring_timeout.is_zero() {
         bail!("scoring_timeout_ms must be greater than 0");
     }
+    if config.instance_count == 0 {
+        bail!("instance_count (--instances) must be at least 1");
+    }
+    if config.max_concurrent_requests == 0 {
+        bail!("replica_max_concurrent_requests (--max-concurrent-requests) must be at least 1");
+    }
     let intra_op_threads = o.intra_op_threads.unwrap_or(tuning.intra_op_threads);
     if intra_op_threads == 0 {
         bail!("intra_op_threads must be at least 1");
     }
-    let device = o.device.as_deref().unwrap_or("cpu").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let device: Device = o.device.as_deref().unwrap_or("cpu").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    if device != Device::Cpu {
+        bail!("device {device} needs a build with GPU support; this build runs models on cpu only");
+    }
     Ok((config, OrtOptions { intra_op_threads, device }))
 }
 

@@ -260,6 +260,24 @@ async fn deploy_config_is_checked_before_anything_starts_and_applied() {
         "{err}"
     );
     assert!(!home.path().join("runtimes").exists(), "refused before anything was fetched or loaded");
+    let per_model = home.path().join("models.json");
+    std::fs::write(&per_model, r#"{"mlp-small": {"device": "cuda:0"}}"#).expect("write");
+    let err = run_err(
+        sluice(home.path())
+            .arg("serve")
+            .arg(model_path("mlp-small"))
+            .arg("--model-config")
+            .arg(&per_model)
+            .args(["--port", "0"]),
+    );
+    assert!(err.contains("device cuda:0 needs a build with GPU support"), "{err}");
+    let err = run_err(sluice(home.path()).arg("serve").arg(model_path("mlp-small")).args([
+        "--instances",
+        "0",
+        "--port",
+        "0",
+    ]));
+    assert!(err.contains("instance_count (--instances) must be at least 1"), "{err}");
 
     let good = home.path().join("deploymentconfig.json");
     std::fs::write(
