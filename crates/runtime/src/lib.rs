@@ -11,11 +11,13 @@
 //!   execution removes them.
 //!
 //! Threads are the default: measured on 2 cores with `mlp-small` (3.5 us per row), dedicated threads
-//! served 31-35k requests/s at 64 connections against 21-25k inline, at the same latency with one
-//! connection; specialised threads keep both the HTTP code and the model hot in their caches.
-//! Admission bounds everything: at most `max_concurrent_requests` requests
-//! hold a slot, at most `max_queued_requests` wait for one and only for `max_request_wait`; the rest
-//! are refused at once, so overload turns into 503s rather than memory growth.
+//! served 31-35k requests/s at 64 connections against 21-25k inline; inline only wins on an idle
+//! server (78 against 106 us p50 at one connection; benches/RESULTS.md). With threads, each
+//! instance joins what is queued into one batch ([`batch`]).
+//!
+//! Admission bounds everything: at most `max_concurrent_requests` requests hold a slot, at most
+//! `max_queued_requests` wait for one and only for `max_request_wait`; the rest are refused at
+//! once, so overload turns into 503s rather than memory growth.
 #![forbid(unsafe_code)]
 
 pub mod batch;
