@@ -101,11 +101,12 @@ fn datatype(ty: TensorElementType) -> Option<DataType> {
 
 fn spec(name: &str, ty: &ValueType, what: &str) -> Result<TensorSpec, BackendError> {
     match ty {
-        ValueType::Tensor { ty, shape, .. } => {
+        ValueType::Tensor { ty, shape, dimension_symbols } => {
             let datatype = datatype(*ty).ok_or_else(|| {
                 BackendError::Unsupported(format!("{what} '{name}' has element type {ty}, which Sluice cannot serve"))
             })?;
-            Ok(TensorSpec { name: name.to_owned(), datatype, shape: shape.to_vec() })
+            let dim_names = dimension_symbols.iter().cloned().collect();
+            Ok(TensorSpec { name: name.to_owned(), datatype, shape: shape.to_vec(), dim_names })
         }
         other => Err(BackendError::Unsupported(format!("{what} '{name}' is a {other}, not a tensor"))),
     }
@@ -183,7 +184,10 @@ impl Backend for OrtBackend {
     }
 
     fn infer(&mut self, inputs: &[Tensor], outputs: &[usize]) -> Result<Vec<Tensor>, BackendError> {
-        let fail = |e: ort::Error| BackendError::Inference(e.to_string());
+        let fail = |e: ort::Error| match e.code() {
+            ort::error::ErrorCode::InvalidArgument => BackendError::InvalidInput(e.message().to_owned()),
+            _ => BackendError::Inference(e.to_string()),
+        };
         let values = inputs
             .iter()
             .map(|t| Ok((t.name.as_str(), input_value(t)?)))

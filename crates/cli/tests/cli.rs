@@ -55,7 +55,10 @@ fn model_commands_round_trip() {
 
     let shown: Value =
         serde_json::from_str(&run_ok(sluice(h).args(["model", "show", "mlp:1", "--output", "json"]))).expect("json");
-    assert_eq!(shown["signature"]["inputs"][0], json!({ "name": "input", "datatype": "FP32", "shape": [-1, 64] }));
+    assert_eq!(
+        shown["signature"]["inputs"][0],
+        json!({ "name": "input", "datatype": "FP32", "shape": [-1, 64], "dim_names": ["batch", ""] })
+    );
     let details = run_ok(sluice(h).args(["model", "show", "mlp"]));
     assert!(
         details.contains("version:     2") && details.contains("input") && details.contains("[-1, 784]"),

@@ -51,6 +51,9 @@ pub enum BackendError {
     Load(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The engine refused the request's values (an index out of range, say): the client's fault.
+    #[error("the model refused the input: {0}")]
+    InvalidInput(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
 }

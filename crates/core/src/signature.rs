@@ -8,6 +8,17 @@ pub struct TensorSpec {
     pub name: String,
     pub datatype: DataType,
     pub shape: Vec<i64>,
+    /// Symbolic names of the dimensions, where the model names them (`"batch"`), else empty
+    /// strings; may be empty altogether. Inputs that share a name must agree on its size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dim_names: Vec<String>,
+}
+
+impl TensorSpec {
+    /// A spec without dimension names.
+    pub fn new(name: impl Into<String>, datatype: DataType, shape: Vec<i64>) -> Self {
+        TensorSpec { name: name.into(), datatype, shape, dim_names: Vec::new() }
+    }
 }
 
 /// A model's inputs and outputs, in the order the model declares them.
@@ -30,6 +41,8 @@ pub enum ValidationError {
     WrongDatatype { name: String, expected: DataType, got: DataType },
     #[error("input '{name}' has shape {got:?} but the model expects {expected:?} (-1 is any size)")]
     WrongShape { name: String, expected: Vec<i64>, got: Vec<i64> },
+    #[error("dimension '{dim}' is {first_size} in input '{first}' but {second_size} in input '{second}'")]
+    DimMismatch { dim: String, first: String, first_size: i64, second: String, second_size: i64 },
     #[error("unknown output '{name}' (the model's outputs are: {expected})")]
     UnknownOutput { name: String, expected: String },
 }
@@ -72,6 +85,7 @@ impl ModelSignature {
             for (tensor, spec) in inputs.iter().zip(&self.inputs) {
                 check(spec, tensor)?;
             }
+            self.check_named_dims(&inputs)?;
             return Ok(inputs);
         }
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
@@ -85,7 +99,7 @@ impl ModelSignature {
             }
             slots[idx] = Some(tensor);
         }
-        slots
+        let ordered = slots
             .into_iter()
             .zip(&self.inputs)
             .map(|(slot, spec)| {
@@ -94,7 +108,38 @@ impl ModelSignature {
                     expected: names(&self.inputs),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check_named_dims(&ordered)?;
+        Ok(ordered)
+    }
+
+    /// Inputs in signature order must agree on every dimension they share by name (two inputs
+    /// with a `batch` dimension must have the same number of rows). No allocation when they do.
+    fn check_named_dims(&self, inputs: &[Tensor]) -> Result<(), ValidationError> {
+        let named = |i: usize| {
+            self.inputs[i]
+                .dim_names
+                .iter()
+                .zip(&inputs[i].shape)
+                .filter(|(n, _)| !n.is_empty())
+                .map(move |(n, &size)| (i, n, size))
+        };
+        for i in 0..inputs.len() {
+            for (_, dim, size) in named(i) {
+                for j in 0..i {
+                    if let Some((_, _, first_size)) = named(j).find(|(_, n, s)| *n == dim && *s != size) {
+                        return Err(ValidationError::DimMismatch {
+                            dim: dim.clone(),
+                            first: inputs[j].name.clone(),
+                            first_size,
+                            second: inputs[i].name.clone(),
+                            second_size: size,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Maps requested output names to output indices; no names means every output.
@@ -131,12 +176,22 @@ mod tests {
     fn sig() -> ModelSignature {
         ModelSignature {
             inputs: vec![
-                TensorSpec { name: "a".into(), datatype: DataType::F32, shape: vec![-1, 3] },
-                TensorSpec { name: "b".into(), datatype: DataType::I64, shape: vec![-1] },
+                TensorSpec {
+                    name: "a".into(),
+                    datatype: DataType::F32,
+                    shape: vec![-1, 3],
+                    dim_names: vec!["batch".into(), String::new()],
+                },
+                TensorSpec {
+                    name: "b".into(),
+                    datatype: DataType::I64,
+                    shape: vec![-1],
+                    dim_names: vec!["batch".into()],
+                },
             ],
             outputs: vec![
-                TensorSpec { name: "y".into(), datatype: DataType::F32, shape: vec![-1, 1] },
-                TensorSpec { name: "z".into(), datatype: DataType::I64, shape: vec![-1] },
+                TensorSpec::new("y", DataType::F32, vec![-1, 1]),
+                TensorSpec::new("z", DataType::I64, vec![-1]),
             ],
         }
     }
@@ -167,6 +222,12 @@ mod tests {
         assert!(matches!(s.order_inputs(vec![wrong_shape, b(1)]), Err(ValidationError::WrongShape { .. })));
         let wrong_type = Tensor::new("b", vec![1], TensorData::I32(vec![0])).expect("valid");
         assert!(matches!(s.order_inputs(vec![a(1), wrong_type]), Err(ValidationError::WrongDatatype { .. })));
+        // Both inputs name their first dimension `batch`: 2 rows and 1 row cannot go together,
+        // whichever order they come in.
+        for inputs in [vec![a(2), b(1)], vec![b(1), a(2)]] {
+            let err = s.order_inputs(inputs).expect_err("batch sizes differ");
+            assert!(err.to_string().contains("dimension 'batch' is 2 in input 'a' but 1 in input 'b'"), "{err}");
+        }
     }
 
     #[test]

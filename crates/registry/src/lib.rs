@@ -166,8 +166,13 @@ impl Registry {
 
     /// Registers the model file at `path` as the next version of `name`.
     pub fn register(&mut self, name: &str, path: &Path, options: RegisterOptions) -> Result<ModelVersion> {
+        let file = ModelFile::read(path)?;
+        self.register_file(name, &file, options)
+    }
+
+    fn register_file(&mut self, name: &str, file: &ModelFile, options: RegisterOptions) -> Result<ModelVersion> {
         validate_name(name)?;
-        let artifact = self.store_artifact(path)?;
+        let artifact = self.store_artifact(file)?;
         let tx = self.conn.transaction()?;
         let next: u32 = tx
             .query_row("SELECT next_version FROM model_names WHERE name = ?1", [name], |r| r.get(0))
@@ -203,20 +208,19 @@ impl Registry {
         path: &Path,
         options: RegisterOptions,
     ) -> Result<(ModelVersion, bool)> {
-        let bytes = std::fs::read(path).map_err(|source| RegistryError::Read { path: path.into(), source })?;
-        let sha = hex::encode(Sha256::digest(&bytes));
+        let file = ModelFile::read(path)?;
         let existing: Option<u32> = self
             .conn
             .query_row(
                 "SELECT MAX(version) FROM model_versions WHERE name = ?1 AND sha256 = ?2",
-                params![name, sha],
+                params![name, file.sha256],
                 |r| r.get(0),
             )
             .optional()?
             .flatten();
         match existing {
             Some(v) => Ok((self.get(name, Some(v))?, false)),
-            None => Ok((self.register(name, path, options)?, true)),
+            None => Ok((self.register_file(name, &file, options)?, true)),
         }
     }
 
@@ -301,21 +305,35 @@ impl Registry {
     }
 
     /// Validates the file and copies it into the content-addressed store (once per content).
-    fn store_artifact(&self, path: &Path) -> Result<StoredArtifact> {
-        let bytes = std::fs::read(path).map_err(|source| RegistryError::Read { path: path.into(), source })?;
+    fn store_artifact(&self, file: &ModelFile) -> Result<StoredArtifact> {
+        let (path, bytes, sha256) = (&file.path, &file.bytes, file.sha256.clone());
         let signature =
-            read_signature(&bytes).map_err(|source| RegistryError::NotAModel { path: path.into(), source })?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+            read_signature(bytes).map_err(|source| RegistryError::NotAModel { path: path.clone(), source })?;
         let dest = self.artifacts.join(&sha256);
         if !dest.exists() {
             // Write to a temporary file in the same folder, sync, then rename: a crash never leaves
             // a half-written artifact under its final name.
             let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
-            tmp.write_all(&bytes)?;
+            tmp.write_all(bytes)?;
             tmp.as_file().sync_all()?;
             tmp.persist(&dest).map_err(|e| e.error)?;
         }
         Ok(StoredArtifact { sha256, size: bytes.len() as u64, signature })
+    }
+}
+
+/// A model file read into memory once, with its content hash.
+struct ModelFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+impl ModelFile {
+    fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| RegistryError::Read { path: path.into(), source })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        Ok(ModelFile { path: path.into(), bytes, sha256 })
     }
 }
 

@@ -124,12 +124,10 @@ fn spec(v: &ValueInfoProto, what: &str) -> Result<TensorSpec, OnnxError> {
             v.name, tensor.elem_type
         ))
     })?;
-    let shape = tensor
-        .shape
-        .as_ref()
-        .map(|s| s.dim.iter().map(|d| d.dim_value.filter(|&v| v >= 0).unwrap_or(-1)).collect())
-        .unwrap_or_default();
-    Ok(TensorSpec { name: v.name.clone(), datatype, shape })
+    let dims = tensor.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
+    let shape = dims.iter().map(|d| d.dim_value.filter(|&v| v >= 0).unwrap_or(-1)).collect();
+    let dim_names = dims.iter().map(|d| d.dim_param.clone().unwrap_or_default()).collect();
+    Ok(TensorSpec { name: v.name.clone(), datatype, shape, dim_names })
 }
 
 /// Parses an ONNX model and returns its signature, refusing anything that is not a usable model.

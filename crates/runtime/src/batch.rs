@@ -113,7 +113,7 @@ mod tests {
         assert!(compatible(&[t(2, 3, 0.0)], &[0], &[t(5, 3, 0.0)], &[0]));
         assert!(!compatible(&[t(2, 3, 0.0)], &[0], &[t(2, 4, 0.0)], &[0]));
         assert!(!compatible(&[t(2, 3, 0.0)], &[0], &[t(2, 3, 0.0)], &[0, 1]));
-        let spec = |shape: Vec<i64>| TensorSpec { name: "x".into(), datatype: DataType::F32, shape };
+        let spec = |shape: Vec<i64>| TensorSpec::new("x", DataType::F32, shape);
         let sig = |i: Vec<i64>, o: Vec<i64>| ModelSignature { inputs: vec![spec(i)], outputs: vec![spec(o)] };
         assert!(batchable(&sig(vec![-1, 3], vec![-1, 1])));
         assert!(!batchable(&sig(vec![1, 3], vec![1, 1])));

@@ -314,11 +314,7 @@ impl ModelHandle {
         let queue_time = admitted_at.elapsed();
         let (result, inference_time) = run_backend(backend.as_mut(), inputs, outputs);
         idle.lock().unwrap_or_else(|e| e.into_inner()).push(backend);
-        self.metrics.queue.observe(queue_time);
-        self.metrics.inference.observe(inference_time);
-        if let Some(rows) = batch::rows(inputs) {
-            self.metrics.batch_size.observe_value(rows as f64);
-        }
+        self.metrics.record_run([queue_time], inference_time, batch::rows(inputs));
         let outputs = result?;
         if admitted_at.elapsed() > self.config.scoring_timeout {
             return Err(self.timeout());
@@ -507,9 +503,7 @@ impl Worker {
         };
         let queue_times: Vec<Duration> = batch.iter().map(|j| j.admitted_at.elapsed()).collect();
         let (result, inference_time) = run_backend(self.backend.as_mut(), &inputs, &batch[0].outputs);
-        self.metrics.inference.observe(inference_time);
-        self.metrics.batch_size.observe_value(rows.iter().sum::<usize>() as f64);
-        queue_times.iter().for_each(|&t| self.metrics.queue.observe(t));
+        self.metrics.record_run(queue_times.iter().copied(), inference_time, Some(rows.iter().sum()));
         match result.map(|outputs| batch::split(outputs, &rows)) {
             Ok(Some(per_request)) => {
                 for ((job, outputs), queue_time) in batch.into_iter().zip(per_request).zip(queue_times) {
@@ -521,22 +515,16 @@ impl Worker {
                 self.batching = None;
                 batch.into_iter().for_each(|job| self.run_one(job));
             }
-            Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-            }
+            // One request's bad values must not fail the others it was batched with: run each
+            // alone so that only the culprit gets the error.
+            Err(_) => batch.into_iter().for_each(|job| self.run_one(job)),
         }
     }
 
     fn run_one(&mut self, job: Job) {
         let queue_time = job.admitted_at.elapsed();
         let (result, inference_time) = run_backend(self.backend.as_mut(), &job.inputs, &job.outputs);
-        self.metrics.queue.observe(queue_time);
-        self.metrics.inference.observe(inference_time);
-        if let Some(rows) = batch::rows(&job.inputs) {
-            self.metrics.batch_size.observe_value(rows as f64);
-        }
+        self.metrics.record_run([queue_time], inference_time, batch::rows(&job.inputs));
         let _ = job.reply.send(result.map(|outputs| InferOutcome { outputs, queue_time, inference_time }));
     }
 }

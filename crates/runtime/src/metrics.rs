@@ -56,6 +56,20 @@ impl Default for ModelMetrics {
 }
 
 impl ModelMetrics {
+    /// Records one engine run of `rows` rows and the queue time of each request in it.
+    pub fn record_run(
+        &self,
+        queue_times: impl IntoIterator<Item = std::time::Duration>,
+        inference: std::time::Duration,
+        rows: Option<usize>,
+    ) {
+        queue_times.into_iter().for_each(|t| self.queue.observe(t));
+        self.inference.observe(inference);
+        if let Some(rows) = rows {
+            self.batch_size.observe_value(rows as f64);
+        }
+    }
+
     pub fn error(&self, kind: ErrorKind) -> &Counter {
         &self.errors[kind as usize]
     }

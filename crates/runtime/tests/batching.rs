@@ -21,7 +21,7 @@ struct RowModel {
 
 impl RowModel {
     fn new(delay: Duration) -> Self {
-        let spec = |name: &str, cols| TensorSpec { name: name.into(), datatype: DataType::F32, shape: vec![-1, cols] };
+        let spec = |name: &str, cols| TensorSpec::new(name, DataType::F32, vec![-1, cols]);
         RowModel { signature: ModelSignature { inputs: vec![spec("x", 3)], outputs: vec![spec("y", 2)] }, delay }
     }
 }
@@ -42,6 +42,9 @@ impl Backend for RowModel {
     fn infer(&mut self, inputs: &[Tensor], _outputs: &[usize]) -> Result<Vec<Tensor>, BackendError> {
         std::thread::sleep(self.delay);
         let TensorData::F32(x) = &inputs[0].data else { return Err(BackendError::Inference("not f32".into())) };
+        if x.iter().any(|v| *v < 0.0) {
+            return Err(BackendError::InvalidInput("negative values are out of range".into()));
+        }
         let rows = inputs[0].shape[0];
         Ok(vec![Tensor { name: "y".into(), shape: vec![rows, 2], data: TensorData::F32(expected(x)) }])
     }
@@ -145,6 +148,49 @@ fn concurrent_requests_are_actually_batched() {
 }
 
 #[test]
+fn one_bad_request_does_not_fail_its_batch() {
+    let model = handle(Some(BatchConfig { max_batch_size: 32, ..BatchConfig::default() }), 1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let outcomes = rt.block_on(async move {
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let model = model.clone();
+                tokio::spawn(async move {
+                    let value = if i == 7 { -1.0 } else { i as f32 };
+                    let input = Tensor::new("x", vec![1, 3], TensorData::F32(vec![value; 3])).expect("valid");
+                    model.infer(vec![input], vec![0]).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    });
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match (i, outcome) {
+            (7, Err(e)) => assert!(e.to_string().contains("out of range"), "{e}"),
+            (7, Ok(_)) => panic!("the bad request must fail"),
+            (_, Ok(out)) => assert_eq!(out.outputs[0].data, TensorData::F32(expected(&[i as f32; 3]))),
+            (_, Err(e)) => panic!("request {i} failed because it shared a batch: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_preferred_size_ends_a_batch_early() {
+    let config = BatchConfig { max_batch_size: 32, preferred_batch_sizes: vec![2], ..BatchConfig::default() };
+    let model = handle(Some(config), 1);
+    let results = run(model.clone(), (0..64).map(|_| (1, 0, false)).collect());
+    assert!(results.iter().all(Option::is_some));
+    let (runs, rows) = (model.metrics().batch_size.count(), model.metrics().batch_size.sum());
+    assert_eq!(rows as usize, 64);
+    assert!(runs >= 32, "with preferred size 2 no batch grows past 2 rows: {runs} runs for 64 rows");
+    assert!(runs < 64, "but batches of 2 do form: {runs} runs");
+}
+
+#[test]
 fn batching_is_off_for_models_without_a_dynamic_first_dimension() {
     struct Fixed(ModelSignature);
     impl Backend for Fixed {
@@ -158,7 +204,7 @@ fn batching_is_off_for_models_without_a_dynamic_first_dimension() {
             Ok(vec![Tensor { name: "y".into(), shape: inputs[0].shape.clone(), data: inputs[0].data.clone() }])
         }
     }
-    let spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::F32, shape: vec![1, 2] };
+    let spec = |name: &str| TensorSpec::new(name, DataType::F32, vec![1, 2]);
     let sig = ModelSignature { inputs: vec![spec("x")], outputs: vec![spec("y")] };
     assert!(!sluice_runtime::batchable(&sig));
     let model =

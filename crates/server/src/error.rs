@@ -64,6 +64,7 @@ impl From<InferError> for ApiError {
             InferError::Overloaded { .. } => ApiError::Overloaded(msg),
             InferError::ShuttingDown { .. } => ApiError::NotReady(msg),
             InferError::Timeout { .. } => ApiError::Timeout(msg),
+            InferError::Backend(sluice_core::BackendError::InvalidInput(_)) => ApiError::BadRequest(msg),
             InferError::Backend(_) | InferError::Panicked(_) => ApiError::Internal(msg),
         }
     }

@@ -137,7 +137,10 @@ fn decode<'a>(header_length: Option<&HeaderValue>, body: &'a Bytes) -> Result<In
                 TensorData::from_le_bytes(dtype, mine).map_err(|e| bad(e.to_string()))?
             }
         };
-        inputs.push(Tensor::new(input.name.clone(), input.shape, data).map_err(|e| bad(e.to_string()))?);
+        // Checked under an empty (non-allocating) name so the request's name can be moved in.
+        let mut tensor = Tensor::new(String::new(), input.shape, data).map_err(|e| bad(e.to_string()))?;
+        tensor.name = input.name;
+        inputs.push(tensor);
     }
     if !binary.is_empty() {
         return Err(ApiError::bad_request(format!(

@@ -139,17 +139,22 @@ impl TextEncoder {
 
     /// A counter family; `name` should end in `_total`.
     pub fn counters<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (Labels<'a>, u64)>) {
-        self.header(name, help, "counter");
-        for (labels, value) in series {
-            self.out.push_str(name);
-            write_labels(&mut self.out, labels, None);
-            let _ = writeln!(self.out, " {value}");
-        }
+        self.scalars(name, help, "counter", series);
     }
 
     /// A gauge family.
     pub fn gauges<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (Labels<'a>, f64)>) {
-        self.header(name, help, "gauge");
+        self.scalars(name, help, "gauge", series);
+    }
+
+    fn scalars<'a, V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        series: impl IntoIterator<Item = (Labels<'a>, V)>,
+    ) {
+        self.header(name, help, kind);
         for (labels, value) in series {
             self.out.push_str(name);
             write_labels(&mut self.out, labels, None);

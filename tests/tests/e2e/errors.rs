@@ -53,6 +53,24 @@ async fn bad_requests_get_400_naming_the_problem() {
             serde_json::to_vec(&json!({ "inputs": [tab["inputs"][0], { "name": "category", "shape": [4], "datatype": "INT64", "data": [1.5, 2, 3, 4] }] })).expect("json"),
             "invalid data",
         ),
+        (
+            "tabular-mixed",
+            serde_json::to_vec(&json!({ "inputs": [
+                { "name": "features", "shape": [2, 8], "datatype": "FP32", "data": vec![0.5; 16] },
+                { "name": "category", "shape": [1], "datatype": "INT64", "data": [3] },
+            ] }))
+            .expect("json"),
+            "dimension 'batch' is 2 in input 'features' but 1 in input 'category'",
+        ),
+        (
+            "tabular-mixed",
+            serde_json::to_vec(&json!({ "inputs": [
+                { "name": "features", "shape": [1, 8], "datatype": "FP32", "data": vec![0.5; 8] },
+                { "name": "category", "shape": [1], "datatype": "INT64", "data": [99] },
+            ] }))
+            .expect("json"),
+            "the model refused the input",
+        ),
     ];
     for (model, body, needle) in cases {
         let (status, err) = server.post_bytes(&format!("/v2/models/{model}/infer"), body, &[]).await;
