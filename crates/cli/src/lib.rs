@@ -1,6 +1,10 @@
-//! The `sluice` command line: the model registry commands, `serve` and `up`.
+//! The `sluice` command line: the model registry, `serve`, the control plane and its admin
+//! commands, the gateway, and `up`.
 
+mod admin_cmd;
+mod client;
 mod model_cmd;
+mod platform;
 mod serving;
 
 use std::path::PathBuf;
@@ -29,8 +33,41 @@ pub enum Command {
     Model(model_cmd::ModelCommand),
     /// Serve registered models (NAME[:VERSION]) or model files over HTTP.
     Serve(ServeArgs),
-    /// Register the bundled models (once) and serve them on 127.0.0.1:8000: the zero-setup demo.
-    Up(serving::UpArgs),
+    /// The zero-setup demo: control plane and gateway in one process, the bundled models
+    /// registered and deployed as services, the gateway on 127.0.0.1:8000.
+    Up(platform::UpArgs),
+    /// Run the control plane: admin API, services (replica processes), endpoints, keys, tokens.
+    Control(platform::ControlCmdArgs),
+    /// Run a gateway that follows the control plane: auth, version splits, shadows, replica pools.
+    Gateway(platform::GatewayCmdArgs),
+    /// Deploy models as services and manage them.
+    Service {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: admin_cmd::ServiceCommand,
+    },
+    /// Endpoints: up to 6 versions (services) behind one URL with traffic shares.
+    Endpoint {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: admin_cmd::EndpointCommand,
+    },
+    /// Keys of a service or endpoint.
+    Keys {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: admin_cmd::KeysCommand,
+    },
+    /// Tokens for token-auth services and endpoints.
+    Token {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: admin_cmd::TokenCommand,
+    },
 }
 
 /// Output format of listing commands.
@@ -63,6 +100,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model_cmd::run(&home, cmd),
         Command::Serve(args) => serving::serve(&home, args),
-        Command::Up(args) => serving::up(&home, args),
+        Command::Up(args) => platform::up(&home, args),
+        Command::Control(args) => platform::control(&home, args),
+        Command::Gateway(args) => platform::gateway(&home, args),
+        Command::Service { client, command } => admin_cmd::service(&home, &client, command),
+        Command::Endpoint { client, command } => admin_cmd::endpoint(&home, &client, command),
+        Command::Keys { client, command } => admin_cmd::keys(&home, &client, command),
+        Command::Token { client, command } => admin_cmd::token(&home, &client, command),
     }
 }

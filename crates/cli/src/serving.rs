@@ -1,4 +1,4 @@
-//! `sluice serve` and `sluice up`: resolve models, load them into the runtime, serve HTTP.
+//! `sluice serve`: resolve models, load them into the runtime, serve HTTP.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sluice_backend_ort::{OrtBackend, OrtOptions};
 use sluice_core::{Backend, DeploymentConfig, Device};
-use sluice_registry::{ModelRef, RegisterOptions, Registry};
+use sluice_registry::{ModelRef, Registry};
 use sluice_runtime::{BatchConfig, Execution, ModelConfig, ModelHandle};
 use sluice_server::{AppState, Repository, ServerConfig};
 
@@ -100,21 +100,10 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "SLUICE_PORT", default_value_t = 8000)]
     pub port: u16,
-    #[command(flatten)]
-    pub tuning: TuningArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct UpArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SLUICE_HOST", default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "SLUICE_PORT", default_value_t = 8000)]
-    pub port: u16,
-    /// Folder of bundled .onnx models [default: ./models, else the one in the source tree].
-    #[arg(long, env = "SLUICE_MODELS_DIR")]
-    pub models_dir: Option<PathBuf>,
+    /// Once the models are loaded and the port is bound, write the address here (the control
+    /// plane starts replicas with it).
+    #[arg(long, hide = true)]
+    pub addr_file: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -302,7 +291,7 @@ fn load_models(
     Ok(repository)
 }
 
-fn tokio_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn tokio_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         if n == 0 {
@@ -313,7 +302,7 @@ fn tokio_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runti
     Ok(builder.enable_all().thread_name("sluice-http").build()?)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let term = async {
@@ -361,12 +350,20 @@ fn listing(repository: &Repository) -> String {
 
 pub fn serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let sources = resolve(home, &args.models)?;
+    let addr_file = args.addr_file;
     run_server(home, &args.host, args.port, &args.tuning, sources, |addr, repo| {
+        if let Some(path) = &addr_file {
+            // Written whole then renamed, so a reader never sees half an address.
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, path)) {
+                tracing::error!(error = %e, path = %path.display(), "cannot write the address file");
+            }
+        }
         format!("sluice: serving {} on http://{addr}", listing(repo))
     })
 }
 
-fn bundled_models_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn bundled_models_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = explicit {
         return Ok(dir);
     }
@@ -379,43 +376,4 @@ fn bundled_models_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         return Ok(source_tree);
     }
     bail!("cannot find the bundled models: run from the sluice checkout or pass --models-dir")
-}
-
-pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
-    let dir = bundled_models_dir(args.models_dir)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("no .onnx models in {}", dir.display());
-    }
-    std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
-    let mut registry = Registry::open(home)?;
-    let mut sources = Vec::new();
-    for file in files {
-        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
-        let options = RegisterOptions { description: "bundled with sluice".into(), ..Default::default() };
-        let (mv, new) = registry.register_if_changed(&name, &file, options)?;
-        if new {
-            eprintln!("sluice: registered {}:{} from {}", mv.name, mv.version, file.display());
-        }
-        sources.push(ModelSource { name: mv.name, version: mv.version.to_string(), path: mv.artifact_path });
-    }
-    drop(registry);
-    run_server(home, &args.host, args.port, &args.tuning, sources, |addr, repo| {
-        format!(
-            "\nSluice is serving {} on http://{addr} (data in {})\n\nTry it:\n  \
-             curl -s http://{addr}/models/tabular-mixed/score -H 'Content-Type: application/json' \\\n    \
-             -d '{{\"inputs\": {{\"features\": [[0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]], \"category\": [3]}}}}'\n  \
-             curl -s http://{addr}/v2/models/tabular-mixed/infer -H 'Content-Type: application/json' \\\n    \
-             -d '{{\"inputs\": [{{\"name\": \"features\", \"shape\": [1, 8], \"datatype\": \"FP32\", \"data\": [0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]}}, \
-             {{\"name\": \"category\", \"shape\": [1], \"datatype\": \"INT64\", \"data\": [3]}}]}}'\n  \
-             curl -s http://{addr}/metrics\n\nPress Ctrl-C to stop.",
-            listing(repo),
-            home.display()
-        )
-    })
 }

@@ -1,6 +1,219 @@
-//! The gateway's routing decisions. For now: how an endpoint's traffic is split across its
-//! versions (design.md, "Endpoint and version semantics"). Upstream pools, auth and hot reload
-//! build on this. By design this crate depends on no model or engine crate.
+//! The Sluice gateway: the front door in front of scoring replicas. It authenticates callers (key
+//! digests, or tokens verified offline against the control plane's public keys), picks an
+//! endpoint version by weight, pin header or sticky key, mirrors a share to a shadow, forwards to a
+//! replica over keep-alive pools with ejection of failing replicas, and records per-version
+//! metrics. Configuration arrives whole from the control plane and is swapped atomically; the last
+//! one keeps serving while the control plane is away. By design this crate depends on no model or
+//! engine crate, so a gateway image carries no ONNX Runtime or libtorch.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod error;
+pub mod metrics;
+mod proxy;
 pub mod split;
+mod table;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_auth::Algorithm;
+
+pub use config::{AuthPolicy, EndpointRoute, EndpointVersion, GatewayConfig, ServiceRoute, TargetKind, token_audience};
+pub use metrics::GatewayMetrics;
+pub use proxy::{ROUTE_KEY_HEADER, VERSION_HEADER};
+pub use table::ConfigError;
+use table::{ReplicaSet, RouteTable};
+
+/// Gateway settings fixed at start.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// The only algorithm tokens may be signed with; a token's own `alg` is never trusted.
+    pub algorithm: Algorithm,
+    /// Seed of the weighted picks, for reproducible splits in tests and experiments.
+    pub seed: u64,
+    /// Largest request body; larger ones get 413 before reaching a replica.
+    pub max_body_bytes: usize,
+    /// Time a replica has to send its response headers before the caller gets 504.
+    pub upstream_timeout: Duration,
+    /// Time a shadow copy may take before it is given up.
+    pub shadow_timeout: Duration,
+    /// Shadow copies in flight at once; more are skipped and counted.
+    pub max_shadow_in_flight: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            algorithm: Algorithm::EdDSA,
+            seed: random_seed(),
+            max_body_bytes: 64 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(120),
+            shadow_timeout: Duration::from_secs(30),
+            max_shadow_in_flight: 64,
+        }
+    }
+}
+
+/// A seed from std's randomly keyed hasher: no RNG dependency for one number.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// A running gateway's state; share it as `Arc<Gateway>`.
+pub struct Gateway {
+    table: ArcSwap<RouteTable>,
+    configured: AtomicBool,
+    replicas: ReplicaSet,
+    /// Every gateway series, rendered at `/metrics`.
+    pub metrics: GatewayMetrics,
+    client: Client<HttpConnector, Full<Bytes>>,
+    settings: GatewaySettings,
+    /// Counter of random draws; see [`split::unit_interval_at`].
+    draws: AtomicU64,
+    clock: Instant,
+    shadow_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gateway {
+    /// A gateway with no routes yet; it reports not ready until the first configuration.
+    pub fn new(settings: GatewaySettings) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        // Small request/response pairs: Nagle's algorithm would add up to 40 ms.
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Arc::new(Gateway {
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            configured: AtomicBool::new(false),
+            replicas: ReplicaSet::default(),
+            metrics: GatewayMetrics::default(),
+            client,
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(settings.max_shadow_in_flight)),
+            settings,
+            draws: AtomicU64::new(0),
+            clock: Instant::now(),
+        })
+    }
+
+    /// Swaps in a new configuration. Requests in flight finish on the table they started with;
+    /// connections to replicas that stay are kept. A configuration that does not hold together is
+    /// refused whole and the current one stays.
+    pub fn apply(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
+        let table = RouteTable::build(config, self.settings.algorithm, &self.replicas, &self.metrics)?;
+        self.table.store(Arc::new(table));
+        self.configured.store(true, Ordering::Release);
+        self.metrics.reloads.inc();
+        Ok(())
+    }
+
+    /// Generation of the configuration being served.
+    pub fn generation(&self) -> u64 {
+        self.table.load().generation
+    }
+
+    /// Whether a configuration has been applied.
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("generation", &self.generation()).finish_non_exhaustive()
+    }
+}
+
+/// The gateway's HTTP surface: its own health and metrics, everything else proxied.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(proxy::handle)
+        .with_state(gateway)
+}
+
+async fn ready(State(gw): State<Arc<Gateway>>) -> StatusCode {
+    if gw.is_configured() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], gw.metrics.render())
+        .into_response()
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await
+}
+
+/// Where a standalone gateway gets its configuration.
+#[derive(Debug, Clone)]
+pub struct ControlSource {
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:8001`.
+    pub url: String,
+    /// The credential the control plane gave gateways.
+    pub token: String,
+}
+
+/// Follows the control plane's configuration with long polls, applying each new generation. While
+/// the control plane is unreachable the gateway keeps serving its last configuration and retries.
+pub async fn follow_control(gateway: Arc<Gateway>, source: ControlSource) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default();
+    let mut outage = false;
+    loop {
+        let url = format!("{}/v1/gateway/config?after={}&wait_ms=25000", source.url, gateway.generation());
+        let result = client.get(&url).bearer_auth(&source.token).send().await;
+        let pause = match result {
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED => None,
+            Ok(r) if r.status().is_success() => match r.json::<GatewayConfig>().await {
+                Ok(config) => {
+                    match gateway.apply(&config) {
+                        Ok(()) => tracing::info!(generation = config.generation, "gateway configuration applied"),
+                        Err(e) => tracing::error!(error = %e, "control plane sent a configuration that cannot be served; keeping the current one"),
+                    }
+                    if outage {
+                        tracing::info!("control plane reachable again");
+                        outage = false;
+                    }
+                    None
+                }
+                Err(e) => Some(format!("unreadable configuration: {e}")),
+            },
+            Ok(r) => Some(format!("control plane answered {}", r.status())),
+            Err(e) => Some(format!("control plane unreachable: {e}")),
+        };
+        if let Some(problem) = pause {
+            if !outage {
+                tracing::warn!(%problem, generation = gateway.generation(), "serving the last configuration");
+                outage = true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The Sluice control plane: services (models deployed with a deployment config, run as replica
+//! processes on the local target), endpoints (up to six versions with traffic shares), keys and
+//! tokens, state and logs. It persists everything in the data directory's SQLite database,
+//! publishes the gateway configuration (key digests and public keys only), and serves the admin
+//! API the CLI talks to.
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod endpoints;
+pub mod model;
+mod secrets;
+mod services;
+mod store;
+pub mod supervisor;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sluice_auth::{Jwks, KeyDigest, TokenSigner};
+use sluice_gateway::{AuthPolicy, EndpointRoute, GatewayConfig, ServiceRoute};
+use tokio::sync::watch;
+
+pub use api::router;
+pub use model::*;
+pub use secrets::{admin_token_path, control_url_path, read_admin_token, write_control_url};
+use store::Store;
+use supervisor::Group;
+
+/// Control plane settings fixed at start.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Data directory: database, artifacts, secrets, replica logs.
+    pub home: PathBuf,
+    /// The `sluice` executable that replicas run (`sluice serve`).
+    pub exe: PathBuf,
+    /// Lifetime of issued tokens unless a request asks for less.
+    pub token_ttl: Duration,
+    /// How long a stopping replica may take to finish in-flight requests before it is killed.
+    pub stop_grace: Duration,
+    /// ONNX Runtime library handed to replicas, if set explicitly.
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// Everything that can go wrong in a control-plane operation; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<store::StoreError> for ControlError {
+    fn from(e: store::StoreError) -> Self {
+        ControlError::Internal(e.to_string())
+    }
+}
+
+/// The running generations of one service: `current` serves; `next` is an update rolling out.
+struct ServiceRuntime {
+    current: Arc<Group>,
+    next: Option<Arc<Group>>,
+}
+
+/// The control plane; share it as `Arc<ControlPlane>`.
+pub struct ControlPlane {
+    settings: ControlSettings,
+    store: Mutex<Store>,
+    runtimes: Mutex<HashMap<String, ServiceRuntime>>,
+    signer: TokenSigner,
+    admin_token: String,
+    config_tx: watch::Sender<Arc<GatewayConfig>>,
+    generation: AtomicU64,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").field("home", &self.settings.home).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn timestamp() -> String {
+    // RFC 3339 without a date library: seconds are enough for created/updated times.
+    let secs = unix_now();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's days-to-civil algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+impl ControlPlane {
+    /// Opens the store and secrets under `settings.home` and starts every stored service. Replica
+    /// processes left by an earlier control plane that died are stopped once the new ones are
+    /// ready, so a gateway that kept serving through the outage loses nothing.
+    pub fn start(settings: ControlSettings) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&settings.home)?;
+        let admin_token = secrets::admin_token(&settings.home)?;
+        let signer = secrets::signing_key(&settings.home)?;
+        let mut store = Store::open(&settings.home)?;
+        let stale = store.take_replica_pids()?;
+        // Unix milliseconds: generations keep increasing across restarts, so a gateway that
+        // follows the control plane never mistakes a new configuration for one it has.
+        let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+        let http = reqwest::Client::builder().build()?;
+        let cp = Arc::new(ControlPlane {
+            settings,
+            store: Mutex::new(store),
+            runtimes: Mutex::new(HashMap::new()),
+            signer,
+            admin_token,
+            config_tx: watch::channel(Arc::new(GatewayConfig::default())).0,
+            generation: AtomicU64::new(generation),
+            http,
+        });
+        let specs = lock(&cp.store).services()?;
+        for spec in specs {
+            let plan = cp.plan(&spec)?;
+            let group = Group::start(&cp, plan);
+            lock(&cp.runtimes).insert(spec.name.clone(), ServiceRuntime { current: group, next: None });
+        }
+        cp.publish();
+        cp.retire_stale(stale);
+        Ok(cp)
+    }
+
+    /// The configuration gateways serve, updated on every change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<GatewayConfig>> {
+        self.config_tx.subscribe()
+    }
+
+    /// Constant-time check of the admin credential.
+    pub fn is_admin(&self, presented: &str) -> bool {
+        sluice_auth::constant_time_str_eq(presented, &self.admin_token)
+    }
+
+    /// The public keys that verify issued tokens.
+    pub fn jwks(&self) -> Jwks {
+        Jwks { keys: vec![self.signer.public_jwk()] }
+    }
+
+    /// Stops every replica, letting in-flight requests finish.
+    pub async fn shutdown(&self) {
+        let groups: Vec<Arc<Group>> = lock(&self.runtimes)
+            .drain()
+            .flat_map(|(_, rt)| std::iter::once(rt.current).chain(rt.next))
+            .collect();
+        for g in &groups {
+            g.stop();
+        }
+        for g in groups {
+            g.stop_and_wait().await;
+        }
+    }
+
+    /// Rebuilds and publishes the gateway configuration.
+    fn publish(&self) {
+        match self.build_config() {
+            Ok(config) => {
+                self.config_tx.send_replace(Arc::new(config));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot build the gateway configuration"),
+        }
+    }
+
+    fn build_config(&self) -> Result<GatewayConfig, ControlError> {
+        let store = lock(&self.store);
+        let runtimes = lock(&self.runtimes);
+        let policy = |kind: &str, name: &str, mode: AuthMode| -> Result<AuthPolicy, ControlError> {
+            Ok(match mode {
+                AuthMode::None => AuthPolicy::None,
+                AuthMode::Token => AuthPolicy::Token,
+                AuthMode::Key => {
+                    let keys = store
+                        .keys(kind, name)?
+                        .ok_or_else(|| ControlError::Internal(format!("{kind} '{name}' has no keys")))?;
+                    AuthPolicy::Keys {
+                        primary: KeyDigest::of(&keys.primary_key),
+                        secondary: KeyDigest::of(&keys.secondary_key),
+                    }
+                }
+            })
+        };
+        let mut services = Vec::new();
+        for spec in store.services()? {
+            let replicas = runtimes.get(&spec.name).map(|rt| rt.current.ready_addresses()).unwrap_or_default();
+            let models = spec.models.iter().map(|m| m.split(':').next().unwrap_or(m).to_owned()).collect();
+            let auth = policy("service", &spec.name, services::auth_mode(&spec.deploy_config))?;
+            services.push(ServiceRoute { name: spec.name, models, replicas, auth });
+        }
+        let mut endpoints = Vec::new();
+        for spec in store.endpoints()? {
+            let auth = policy("endpoint", &spec.name, spec.auth)?;
+            endpoints.push(EndpointRoute { name: spec.name, auth, versions: spec.versions });
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(GatewayConfig { generation, services, endpoints, jwks: self.jwks() })
+    }
+
+    /// The configuration once its generation differs from `after`, or `None` after `wait`.
+    pub async fn gateway_config(&self, after: Option<u64>, wait: Duration) -> Option<Arc<GatewayConfig>> {
+        let mut rx = self.subscribe();
+        let changed = |c: &Arc<GatewayConfig>| after != Some(c.generation);
+        match tokio::time::timeout(wait, rx.wait_for(changed)).await {
+            Ok(Ok(config)) => Some(config.clone()),
+            _ => None,
+        }
+    }
+
+    // === replica events, called by the supervisor ===
+
+    fn replica_spawned(&self, pid: u32, service: &str) {
+        if let Err(e) = lock(&self.store).add_replica_pid(pid, service) {
+            tracing::warn!(error = %e, "cannot record replica pid");
+        }
+    }
+
+    fn replica_exited(&self, pid: u32, service: &str) {
+        if let Err(e) = lock(&self.store).remove_replica_pid(pid) {
+            tracing::warn!(error = %e, "cannot forget replica pid");
+        }
+        tracing::debug!(service, pid, "replica process gone");
+        self.publish();
+    }
+
+    /// A replica became ready: publish it, and finish a rolling update whose replicas are all up.
+    fn replica_ready(self: &Arc<Self>, service: &str) {
+        let retired = {
+            let mut runtimes = lock(&self.runtimes);
+            match runtimes.get_mut(service) {
+                Some(rt) if rt.next.as_ref().is_some_and(|n| n.all_ready()) => {
+                    let next = rt.next.take().expect("checked above; this is a bug");
+                    Some(std::mem::replace(&mut rt.current, next))
+                }
+                _ => None,
+            }
+        };
+        self.publish();
+        if let Some(old) = retired {
+            tracing::info!(service, generation = old.plan.generation, "update rolled out; stopping the previous replicas");
+            // Gateways need a moment to take the new addresses before the old replicas stop
+            // accepting connections.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                old.stop_and_wait().await;
+            });
+        }
+    }
+
+    /// Stops replica processes recorded by an earlier run once their service is healthy again (or
+    /// at once when the service is gone). A pid is signalled only if it still runs `sluice serve`
+    /// for this data directory.
+    fn retire_stale(self: &Arc<Self>, stale: Vec<(u32, String)>) {
+        for (pid, service) in stale {
+            if !supervisor::is_our_replica(pid, &self.settings.home) {
+                continue;
+            }
+            let cp = self.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+                while tokio::time::Instant::now() < deadline {
+                    let healthy = lock(&cp.runtimes).get(&service).is_none_or(|rt| rt.current.all_ready());
+                    if healthy {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                tracing::info!(pid, service, "stopping a replica left by an earlier control plane");
+                supervisor::signal_term(pid);
+            });
+        }
+    }
+
+    fn home(&self) -> &Path {
+        &self.settings.home
+    }
+}
+
+/// Names of services, endpoints and versions: what fits a URL path segment and a metric label.
+fn check_name(what: &str, name: &str) -> Result<(), ControlError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "{what} name '{name}' is not valid: use 1-63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("service", "mlp-small").is_ok());
+        assert!(check_name("version", "v1.2").is_ok());
+        for bad in ["", "Upper", "-x", "x-", "a/b", "a b", &"x".repeat(64)] {
+            assert!(check_name("service", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Services: a set of registered models deployed with a deployment config as replica processes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::DeploymentConfig;
+use sluice_registry::{ModelRef, Registry};
+
+use crate::model::{AuthMode, CreateService, Keys, LogChunk, ServiceSpec, ServiceState, ServiceStatus, UpdateService};
+use crate::supervisor::{Group, Plan, Probe, read_log_from};
+use crate::{ControlError, ControlPlane, ServiceRuntime, check_name, lock, timestamp};
+
+/// Auth mode of a service from its (checked) deployment config: key auth unless turned off or
+/// replaced by token auth, as in Azure ML.
+pub(crate) fn auth_mode(deploy_config: &serde_json::Value) -> AuthMode {
+    if deploy_config.get("token_auth_enabled").and_then(|v| v.as_bool()) == Some(true) {
+        AuthMode::Token
+    } else if deploy_config.get("auth_enabled").and_then(|v| v.as_bool()) == Some(false) {
+        AuthMode::None
+    } else {
+        AuthMode::Key
+    }
+}
+
+/// A deployment config, checked, with explicit keys taken out: keys live in the credentials table
+/// and never appear in `service show` or on disk beside the replicas.
+struct CheckedDeployConfig {
+    config: DeploymentConfig,
+    stored: serde_json::Value,
+    keys: (Option<String>, Option<String>),
+}
+
+fn check_deploy_config(value: Option<serde_json::Value>) -> Result<CheckedDeployConfig, ControlError> {
+    let mut value = value.unwrap_or_else(|| serde_json::json!({}));
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| ControlError::Invalid("the deployment config must be a JSON object".into()))?;
+    let config = DeploymentConfig::from_json(&serde_json::Value::Object(object.clone()).to_string())
+        .map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let mut problems = Vec::new();
+    if let Some(gpus) = config.gpu_cores.filter(|&n| n > 0) {
+        problems.push(format!("gpu_cores is {gpus} but this build runs models on cpu only"));
+    }
+    for (name, key) in [("primary_key", &config.primary_key), ("secondary_key", &config.secondary_key)] {
+        if let Some(Err(e)) = key.as_deref().map(sluice_auth::check_key_value) {
+            problems.push(format!("{name}: {e}"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ControlError::Invalid(format!("invalid deployment config: {}", problems.join("; "))));
+    }
+    let primary = object.remove("primary_key").and_then(|v| v.as_str().map(str::to_owned));
+    let secondary = object.remove("secondary_key").and_then(|v| v.as_str().map(str::to_owned));
+    Ok(CheckedDeployConfig { config, stored: value, keys: (primary, secondary) })
+}
+
+/// Resolves registry references to `name:version`, refusing unknown models and duplicates.
+fn resolve_models(home: &std::path::Path, refs: &[String]) -> Result<Vec<String>, ControlError> {
+    if refs.is_empty() {
+        return Err(ControlError::Invalid("a service needs at least one model (--model NAME[:VERSION])".into()));
+    }
+    let registry = Registry::open(home).map_err(|e| ControlError::Internal(e.to_string()))?;
+    let mut resolved: Vec<String> = Vec::new();
+    for r in refs {
+        let reference: ModelRef = r.parse().map_err(|e| ControlError::Invalid(format!("model '{r}': {e}")))?;
+        let mv = registry.resolve(&reference).map_err(|e| ControlError::Invalid(format!("model '{r}': {e}")))?;
+        if resolved.iter().any(|m| m.split(':').next() == Some(mv.name.as_str())) {
+            return Err(ControlError::Invalid(format!("model '{}' is named twice", mv.name)));
+        }
+        resolved.push(format!("{}:{}", mv.name, mv.version));
+    }
+    Ok(resolved)
+}
+
+fn check_inference_config(config: &Option<serde_json::Value>, models: &[String]) -> Result<(), ControlError> {
+    let Some(config) = config else { return Ok(()) };
+    let object = config.as_object().ok_or_else(|| {
+        ControlError::Invalid("the inference config must be a JSON object of per-model settings".into())
+    })?;
+    for name in object.keys() {
+        if !models.iter().any(|m| m.split(':').next() == Some(name.as_str())) {
+            return Err(ControlError::Invalid(format!(
+                "the inference config names model '{name}', which the service does not deploy"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ControlPlane {
+    /// Fails with 409 when a service or endpoint already has `name`: keys and tokens are asked
+    /// for by name, so one name means one thing.
+    pub(crate) fn check_name_free(&self, name: &str) -> Result<(), ControlError> {
+        let store = lock(&self.store);
+        if store.service(name)?.is_some() {
+            return Err(ControlError::Conflict(format!("a service named '{name}' already exists")));
+        }
+        if store.endpoint(name)?.is_some() {
+            return Err(ControlError::Conflict(format!("an endpoint named '{name}' already exists")));
+        }
+        Ok(())
+    }
+
+    /// Writes the files replicas of `spec` start from and says how to run them.
+    pub(crate) fn plan(&self, spec: &ServiceSpec) -> Result<Plan, ControlError> {
+        let internal = |e: std::io::Error| ControlError::Internal(format!("writing service files: {e}"));
+        let dir = self.home().join("services").join(&spec.name).join(format!("g{}", spec.generation));
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        let deploy_config = dir.join("deploymentconfig.json");
+        std::fs::write(&deploy_config, spec.deploy_config.to_string()).map_err(internal)?;
+        let inference_config = match &spec.inference_config {
+            Some(c) => {
+                let path = dir.join("inference-config.json");
+                std::fs::write(&path, c.to_string()).map_err(internal)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let config: DeploymentConfig =
+            serde_json::from_value(spec.deploy_config.clone()).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let replicas = if config.autoscale_enabled == Some(true) {
+            let min = config.autoscale_min_replicas.unwrap_or(1).max(1);
+            tracing::warn!(
+                service = %spec.name,
+                replicas = min,
+                "autoscaling is not implemented on the local target yet; running autoscale_min_replicas"
+            );
+            min
+        } else {
+            config.num_replicas.unwrap_or(1)
+        } as usize;
+        let probe = Probe {
+            period: Duration::from_secs(u64::from(config.period_seconds.unwrap_or(10).max(1))),
+            timeout: Duration::from_secs(u64::from(config.timeout_seconds.unwrap_or(2).max(1))),
+            failure_threshold: config.failure_threshold.unwrap_or(3).max(1),
+        };
+        Ok(Plan {
+            service: spec.name.clone(),
+            generation: spec.generation,
+            models: spec.models.clone(),
+            replicas,
+            deploy_config,
+            inference_config,
+            dir,
+            probe,
+        })
+    }
+
+    /// Deploys a new service; its replicas start in the background.
+    pub fn create_service(self: &Arc<Self>, request: CreateService) -> Result<ServiceStatus, ControlError> {
+        check_name("service", &request.name)?;
+        self.check_name_free(&request.name)?;
+        let models = resolve_models(self.home(), &request.models)?;
+        let deploy = check_deploy_config(request.deploy_config)?;
+        check_inference_config(&request.inference_config, &models)?;
+        let now = timestamp();
+        let spec = ServiceSpec {
+            name: request.name.clone(),
+            models,
+            deploy_config: deploy.stored,
+            inference_config: request.inference_config,
+            generation: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let keys = Keys {
+            primary_key: deploy.keys.0.unwrap_or_else(sluice_auth::generate_key),
+            secondary_key: deploy.keys.1.unwrap_or_else(sluice_auth::generate_key),
+        };
+        let plan = self.plan(&spec)?;
+        lock(&self.store).put_service(&spec, Some(&keys))?;
+        let group = Group::start(self, plan);
+        lock(&self.runtimes).insert(spec.name.clone(), ServiceRuntime { current: group, next: None });
+        tracing::info!(service = %spec.name, models = ?spec.models, replicas = deploy.config.num_replicas.unwrap_or(1), "service created");
+        self.publish();
+        self.service_status(&spec.name)
+    }
+
+    /// Replaces a service's models or configs. New replicas start beside the old ones, which keep
+    /// serving until every new replica is ready; then traffic moves and the old ones drain.
+    pub fn update_service(self: &Arc<Self>, name: &str, request: UpdateService) -> Result<ServiceStatus, ControlError> {
+        let mut spec = self.stored_service(name)?;
+        let mut new_keys = None;
+        if let Some(refs) = &request.models {
+            spec.models = resolve_models(self.home(), refs)?;
+        }
+        if request.deploy_config.is_some() {
+            let deploy = check_deploy_config(request.deploy_config)?;
+            spec.deploy_config = deploy.stored;
+            if deploy.keys.0.is_some() || deploy.keys.1.is_some() {
+                let old = lock(&self.store).keys("service", name)?;
+                let old = old.ok_or_else(|| ControlError::Internal(format!("service '{name}' has no keys")))?;
+                new_keys = Some(Keys {
+                    primary_key: deploy.keys.0.unwrap_or(old.primary_key),
+                    secondary_key: deploy.keys.1.unwrap_or(old.secondary_key),
+                });
+            }
+        }
+        if request.inference_config.is_some() {
+            spec.inference_config = request.inference_config;
+        }
+        check_inference_config(&spec.inference_config, &spec.models)?;
+        spec.generation += 1;
+        spec.updated_at = timestamp();
+        let plan = self.plan(&spec)?;
+        lock(&self.store).put_service(&spec, new_keys.as_ref())?;
+        let next = Group::start(self, plan);
+        let superseded = {
+            let mut runtimes = lock(&self.runtimes);
+            match runtimes.get_mut(name) {
+                Some(rt) => rt.next.replace(next),
+                None => {
+                    runtimes.insert(name.to_owned(), ServiceRuntime { current: next, next: None });
+                    None
+                }
+            }
+        };
+        if let Some(old) = superseded {
+            old.stop();
+        }
+        tracing::info!(service = name, generation = spec.generation, "service update rolling out");
+        self.publish();
+        self.service_status(name)
+    }
+
+    /// Removes a service and stops its replicas; refused while an endpoint version uses it.
+    pub async fn delete_service(&self, name: &str) -> Result<(), ControlError> {
+        self.stored_service(name)?;
+        let users: Vec<String> = lock(&self.store)
+            .endpoints()?
+            .into_iter()
+            .flat_map(|e| {
+                let endpoint = e.name;
+                e.versions
+                    .into_iter()
+                    .filter(|v| v.service == name)
+                    .map(move |v| format!("{endpoint}/{}", v.name))
+            })
+            .collect();
+        if !users.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "service '{name}' is used by endpoint versions {}; delete or repoint them first",
+                users.join(", ")
+            )));
+        }
+        lock(&self.store).delete("service", name)?;
+        let runtime = lock(&self.runtimes).remove(name);
+        self.publish();
+        if let Some(rt) = runtime {
+            for group in std::iter::once(rt.current).chain(rt.next) {
+                group.stop_and_wait().await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.home().join("services").join(name));
+        tracing::info!(service = name, "service deleted");
+        Ok(())
+    }
+
+    pub(crate) fn stored_service(&self, name: &str) -> Result<ServiceSpec, ControlError> {
+        lock(&self.store).service(name)?.ok_or_else(|| ControlError::NotFound(format!("no service named '{name}'")))
+    }
+
+    /// State, replicas and configuration of one service.
+    pub fn service_status(&self, name: &str) -> Result<ServiceStatus, ControlError> {
+        let spec = self.stored_service(name)?;
+        Ok(self.status_of(spec))
+    }
+
+    pub fn list_services(&self) -> Result<Vec<ServiceStatus>, ControlError> {
+        let specs = lock(&self.store).services()?;
+        Ok(specs.into_iter().map(|s| self.status_of(s)).collect())
+    }
+
+    fn status_of(&self, spec: ServiceSpec) -> ServiceStatus {
+        let runtimes = lock(&self.runtimes);
+        let (state, reason, replicas, desired) = match runtimes.get(&spec.name) {
+            None => (ServiceState::Failed, Some("not running".to_owned()), Vec::new(), 0),
+            Some(rt) => {
+                let current = &rt.current;
+                let replicas = current.replicas.iter().map(|r| r.status()).collect();
+                let (state, reason) = match &rt.next {
+                    Some(next) => match next.failure() {
+                        Some(f) => (
+                            ServiceState::Failed,
+                            Some(format!(
+                                "update to generation {} failed: {f}; generation {} keeps serving",
+                                next.plan.generation, current.plan.generation
+                            )),
+                        ),
+                        None => (
+                            ServiceState::Transitioning,
+                            Some(format!(
+                                "rolling out generation {}: {}",
+                                next.plan.generation,
+                                next.state().1.unwrap_or_default()
+                            )),
+                        ),
+                    },
+                    None => current.state(),
+                };
+                let desired = rt.next.as_ref().unwrap_or(current).plan.replicas;
+                (state, reason, replicas, desired)
+            }
+        };
+        ServiceStatus {
+            scoring_path: format!("/services/{}/score", spec.name),
+            auth: auth_mode(&spec.deploy_config),
+            name: spec.name,
+            models: spec.models,
+            state,
+            reason,
+            desired_replicas: desired,
+            replicas,
+            generation: spec.generation,
+            deploy_config: spec.deploy_config,
+            inference_config: spec.inference_config,
+            created_at: spec.created_at,
+            updated_at: spec.updated_at,
+        }
+    }
+
+    /// Log text of the serving replicas (or one of them), from `offset` or the recent tail.
+    pub fn service_logs(
+        &self,
+        name: &str,
+        replica: Option<usize>,
+        offset: Option<u64>,
+    ) -> Result<Vec<LogChunk>, ControlError> {
+        self.stored_service(name)?;
+        let runtimes = lock(&self.runtimes);
+        let Some(rt) = runtimes.get(name) else { return Ok(Vec::new()) };
+        let group = rt.next.as_ref().unwrap_or(&rt.current);
+        if let Some(i) = replica
+            && i >= group.replicas.len()
+        {
+            return Err(ControlError::NotFound(format!(
+                "service '{name}' has replicas 0 to {}",
+                group.replicas.len().saturating_sub(1)
+            )));
+        }
+        Ok(group
+            .replicas
+            .iter()
+            .filter(|r| replica.is_none_or(|i| i == r.index))
+            .map(|r| {
+                let (offset, text) = read_log_from(&r.log_path, offset);
+                LogChunk { replica: r.index, offset, text }
+            })
+            .collect())
+    }
+}

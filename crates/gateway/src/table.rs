@@ -1,0 +1,276 @@
+//! The routing table built from a [`GatewayConfig`]: resolved once per configuration so that a
+//! request only does map lookups and atomics. Tables are immutable and swapped whole, so a request
+//! sees one consistent configuration from start to end.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sluice_auth::{Algorithm, TokenVerifier};
+
+use crate::config::{AuthPolicy, GatewayConfig, TargetKind, token_audience};
+use crate::metrics::{GatewayMetrics, RouteStats};
+use crate::split::{Role, Split};
+
+/// First ejection of a failing replica; doubles with each further failure, up to the maximum.
+const EJECT_BASE: Duration = Duration::from_millis(500);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+/// One scoring replica. Shared across tables by address, so its failure history survives reloads.
+#[derive(Debug)]
+pub struct Replica {
+    pub addr: String,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since the gateway's clock origin before which the replica is skipped.
+    ejected_until_ms: AtomicU64,
+}
+
+impl Replica {
+    fn new(addr: String) -> Self {
+        Replica { addr, consecutive_failures: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) }
+    }
+
+    fn ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// A connection to the replica failed: skip it for a while, longer each time in a row.
+    /// Returns whether this started a new ejection.
+    pub fn failed(&self, now_ms: u64) -> bool {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed).min(6);
+        let pause = (EJECT_BASE * 2u32.pow(n)).min(EJECT_MAX);
+        let until = now_ms + pause.as_millis() as u64;
+        self.ejected_until_ms.fetch_max(until, Ordering::Relaxed) <= now_ms
+    }
+
+    /// The replica answered: back in full rotation.
+    pub fn succeeded(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Replicas by address, reused from one table to the next.
+#[derive(Debug, Default)]
+pub struct ReplicaSet {
+    by_addr: Mutex<HashMap<String, Arc<Replica>>>,
+}
+
+impl ReplicaSet {
+    fn get(&self, addr: &str) -> Arc<Replica> {
+        let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(addr.to_owned()).or_insert_with(|| Arc::new(Replica::new(addr.to_owned()))).clone()
+    }
+
+    /// Forgets replicas that no configuration names any more.
+    fn retain(&self, live: &HashSet<&str>) {
+        let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|addr, _| live.contains(addr.as_str()));
+    }
+}
+
+/// The replicas of one service, picked round-robin, skipping ejected ones.
+#[derive(Debug)]
+pub struct Pool {
+    replicas: Vec<Arc<Replica>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// The next replica not yet `tried` (a bit per index), preferring ones not ejected. `None` when
+    /// every replica has been tried.
+    pub fn choose(&self, now_ms: u64, tried: u64) -> Option<(usize, &Arc<Replica>)> {
+        let n = self.replicas.len().min(64);
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let untried = (0..n).map(|i| (start + i) % n).filter(|i| tried & (1 << i) == 0);
+        let mut fallback = None;
+        for i in untried {
+            let r = &self.replicas[i];
+            if !r.ejected(now_ms) {
+                return Some((i, r));
+            }
+            fallback.get_or_insert((i, r));
+        }
+        // Every untried replica is ejected: trying one beats refusing the request.
+        fallback
+    }
+
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+}
+
+/// A service as the data plane sees it.
+#[derive(Debug)]
+pub struct ServiceTarget {
+    pub name: String,
+    /// The model OIP routes are rewritten to, when the service has exactly one.
+    pub sole_model: Option<String>,
+    pub pool: Pool,
+    pub auth: AuthPolicy,
+    pub stats: Arc<RouteStats>,
+}
+
+/// One version of an endpoint, resolved.
+#[derive(Debug)]
+pub struct VersionTarget {
+    pub service: Arc<ServiceTarget>,
+    /// Labelled with the version's role at the time the table was built.
+    pub stats: Arc<RouteStats>,
+}
+
+/// An endpoint as the data plane sees it.
+#[derive(Debug)]
+pub struct EndpointTarget {
+    pub name: String,
+    pub auth: AuthPolicy,
+    pub split: Split,
+    pub versions: HashMap<String, VersionTarget>,
+}
+
+/// What a route resolved to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Service(Arc<ServiceTarget>),
+    Endpoint(Arc<EndpointTarget>),
+}
+
+impl Target {
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Target::Service(_) => TargetKind::Service,
+            Target::Endpoint(_) => TargetKind::Endpoint,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Service(s) => &s.name,
+            Target::Endpoint(e) => &e.name,
+        }
+    }
+
+    pub fn auth(&self) -> &AuthPolicy {
+        match self {
+            Target::Service(s) => &s.auth,
+            Target::Endpoint(e) => &e.auth,
+        }
+    }
+
+    /// The `aud` a token for this target carries.
+    pub fn audience(&self) -> String {
+        token_audience(self.kind(), self.name())
+    }
+}
+
+/// One immutable routing configuration.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub generation: u64,
+    pub services: HashMap<String, Arc<ServiceTarget>>,
+    pub endpoints: HashMap<String, Arc<EndpointTarget>>,
+    /// Hex digests of every key of every target, to tell "a key, but not for this" (403) from
+    /// "not a key" (401).
+    pub all_key_digests: HashSet<String>,
+    pub verifier: Option<TokenVerifier>,
+}
+
+/// A configuration that cannot be served; nothing of it is applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("endpoint '{endpoint}': {source}")]
+    Split { endpoint: String, source: crate::split::SplitError },
+    #[error("endpoint '{endpoint}' version '{version}' names unknown service '{service}'")]
+    UnknownService { endpoint: String, version: String, service: String },
+    #[error("token verification keys: {0}")]
+    Keys(String),
+}
+
+impl RouteTable {
+    /// Resolves a configuration; refuses it whole if any part is inconsistent, so a gateway never
+    /// serves half of a configuration.
+    pub fn build(
+        config: &GatewayConfig,
+        algorithm: Algorithm,
+        replicas: &ReplicaSet,
+        metrics: &GatewayMetrics,
+    ) -> Result<RouteTable, ConfigError> {
+        let mut all_key_digests = HashSet::new();
+        let mut note_keys = |auth: &AuthPolicy| {
+            if let AuthPolicy::Keys { primary, secondary } = auth {
+                all_key_digests.insert(primary.to_hex());
+                all_key_digests.insert(secondary.to_hex());
+            }
+        };
+        let mut live_addrs = HashSet::new();
+        let mut services = HashMap::new();
+        for s in &config.services {
+            note_keys(&s.auth);
+            live_addrs.extend(s.replicas.iter().map(String::as_str));
+            let pool = Pool { replicas: s.replicas.iter().map(|a| replicas.get(a)).collect(), next: AtomicUsize::new(0) };
+            let target = ServiceTarget {
+                name: s.name.clone(),
+                sole_model: (s.models.len() == 1).then(|| s.models[0].clone()),
+                pool,
+                auth: s.auth.clone(),
+                stats: metrics.service(&s.name),
+            };
+            services.insert(s.name.clone(), Arc::new(target));
+        }
+        let mut endpoints = HashMap::new();
+        for e in &config.endpoints {
+            note_keys(&e.auth);
+            let specs: Vec<_> = e.versions.iter().map(|v| v.split_spec()).collect();
+            let split =
+                Split::new(&specs).map_err(|source| ConfigError::Split { endpoint: e.name.clone(), source })?;
+            let mut versions = HashMap::new();
+            for v in &e.versions {
+                let service = services.get(&v.service).cloned().ok_or_else(|| ConfigError::UnknownService {
+                    endpoint: e.name.clone(),
+                    version: v.name.clone(),
+                    service: v.service.clone(),
+                })?;
+                let role = if v.shadow_percent.is_some() {
+                    Role::Shadow
+                } else if v.is_control {
+                    Role::Control
+                } else {
+                    Role::Treatment
+                };
+                let stats = metrics.endpoint(&e.name, &v.name, role.as_str());
+                versions.insert(v.name.clone(), VersionTarget { service, stats });
+            }
+            endpoints
+                .insert(e.name.clone(), Arc::new(EndpointTarget { name: e.name.clone(), auth: e.auth.clone(), split, versions }));
+        }
+        let verifier = if config.jwks.keys.is_empty() {
+            None
+        } else {
+            Some(TokenVerifier::new(algorithm, &config.jwks).map_err(|e| ConfigError::Keys(e.to_string()))?)
+        };
+        replicas.retain(&live_addrs);
+        Ok(RouteTable { generation: config.generation, services, endpoints, all_key_digests, verifier })
+    }
+
+    /// An endpoint or service by name; `kind` restricts the lookup, `None` tries endpoints first.
+    pub fn target(&self, kind: Option<TargetKind>, name: &str) -> Option<Target> {
+        let endpoint = || self.endpoints.get(name).cloned().map(Target::Endpoint);
+        let service = || self.services.get(name).cloned().map(Target::Service);
+        match kind {
+            Some(TargetKind::Endpoint) => endpoint(),
+            Some(TargetKind::Service) => service(),
+            None => endpoint().or_else(service),
+        }
+    }
+}
+
+/// Milliseconds since `origin`, the gateway's clock for ejections.
+pub fn millis_since(origin: Instant) -> u64 {
+    origin.elapsed().as_millis() as u64
+}
