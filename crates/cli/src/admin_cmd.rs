@@ -127,6 +127,7 @@ impl VersionFlags {
 #[derive(Debug, Subcommand)]
 pub enum EndpointCommand {
     /// Create an endpoint with its first version (which is the default).
+    #[command(disable_version_flag = true)]
     Create {
         name: String,
         /// The first version, as VERSION=SERVICE.
@@ -162,14 +163,15 @@ pub enum VersionCommand {
     Add {
         endpoint: String,
         #[arg(value_name = "VERSION=SERVICE")]
-        version: String,
+        spec: String,
         #[command(flatten)]
         flags: VersionFlags,
     },
     /// Change a version's share, role or service.
     Update {
         endpoint: String,
-        version: String,
+        #[arg(value_name = "VERSION")]
+        name: String,
         /// Point the version at another service.
         #[arg(long)]
         service: Option<String>,
@@ -177,7 +179,11 @@ pub enum VersionCommand {
         flags: VersionFlags,
     },
     /// Remove a version (not the default one).
-    Delete { endpoint: String, version: String },
+    Delete {
+        endpoint: String,
+        #[arg(value_name = "VERSION")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -468,16 +474,16 @@ pub fn endpoint(home: &Path, client: &ClientArgs, cmd: EndpointCommand) -> anyho
                 println!("endpoint {name} deleted");
                 return Ok(());
             }
-            EndpointCommand::Version(VersionCommand::Add { endpoint, version, flags }) => {
-                let (version, service) = split_version(&version)?;
+            EndpointCommand::Version(VersionCommand::Add { endpoint, spec, flags }) => {
+                let (version, service) = split_version(&spec)?;
                 let change = flags.change(version, Some(service));
                 api.send(Method::POST, &format!("/v1/endpoints/{endpoint}/versions"), Some(&change)).await?
             }
-            EndpointCommand::Version(VersionCommand::Update { endpoint, version, service, flags }) => {
+            EndpointCommand::Version(VersionCommand::Update { endpoint, name: version, service, flags }) => {
                 let change = flags.change(version.clone(), service);
                 api.send(Method::PATCH, &format!("/v1/endpoints/{endpoint}/versions/{version}"), Some(&change)).await?
             }
-            EndpointCommand::Version(VersionCommand::Delete { endpoint, version }) => {
+            EndpointCommand::Version(VersionCommand::Delete { endpoint, name: version }) => {
                 api.send(Method::DELETE, &format!("/v1/endpoints/{endpoint}/versions/{version}"), None::<&()>).await?
             }
         };

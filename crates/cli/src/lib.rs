@@ -109,3 +109,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { client, command } => admin_cmd::token(&home, &client, command),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

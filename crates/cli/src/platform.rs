@@ -17,11 +17,11 @@ use crate::serving::{bundled_models_dir, shutdown_signal, tokio_runtime};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
     /// Address of the admin API.
-    #[arg(long = "control-host", env = "SLUICE_CONTROL_HOST", default_value = "127.0.0.1")]
-    pub host: String,
+    #[arg(long, env = "SLUICE_CONTROL_HOST", default_value = "127.0.0.1")]
+    pub control_host: String,
     /// Port of the admin API (0 picks a free one).
-    #[arg(long = "control-port", env = "SLUICE_CONTROL_PORT", default_value_t = 8001)]
-    pub port: u16,
+    #[arg(long, env = "SLUICE_CONTROL_PORT", default_value_t = 8001)]
+    pub control_port: u16,
     /// Lifetime, and longest lifetime a caller may ask for, of issued tokens, in seconds.
     #[arg(long, env = "SLUICE_TOKEN_TTL_SECONDS", default_value_t = 3600)]
     pub token_ttl_seconds: u64,
@@ -137,9 +137,9 @@ fn control_settings(home: &Path, args: &ControlArgs) -> anyhow::Result<ControlSe
 /// Binds the admin API, starts the control plane and serves the API in the background.
 async fn start_control(home: &Path, args: &ControlArgs) -> anyhow::Result<(Arc<ControlPlane>, SocketAddr)> {
     let settings = control_settings(home, args)?;
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+    let listener = tokio::net::TcpListener::bind((args.control_host.as_str(), args.control_port))
         .await
-        .with_context(|| format!("cannot listen on {}:{} for the control plane", args.host, args.port))?;
+        .with_context(|| format!("cannot listen on {}:{} for the control plane", args.control_host, args.control_port))?;
     let addr = listener.local_addr()?;
     let cp = ControlPlane::start(settings)?;
     sluice_control::write_control_url(home, &format!("http://{addr}"))?;
