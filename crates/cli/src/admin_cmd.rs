@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use reqwest::Method;
 use sluice_control::{
-    CreateEndpoint, CreateService, EndpointStatus, KeyName, Keys, LogChunk, RegenerateKey, ServiceState,
-    ServiceStatus, TokenRequest, TokenResponse, UpdateService, VersionChange,
+    CreateEndpoint, CreateService, EndpointStatus, KeyName, Keys, LogChunk, RegenerateKey, ServiceState, ServiceStatus,
+    TokenRequest, TokenResponse, UpdateService, VersionChange,
 };
 
 use crate::Output;
@@ -395,8 +395,7 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                 while follow {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     for (index, offset) in offsets.iter_mut() {
-                        let chunks: Vec<LogChunk> =
-                            api.get(&query(&[(*index, *offset)], Some(*index))).await?;
+                        let chunks: Vec<LogChunk> = api.get(&query(&[(*index, *offset)], Some(*index))).await?;
                         for c in chunks {
                             for line in c.text.lines() {
                                 println!("[replica {}] {line}", c.replica);

@@ -137,9 +137,10 @@ fn control_settings(home: &Path, args: &ControlArgs) -> anyhow::Result<ControlSe
 /// Binds the admin API, starts the control plane and serves the API in the background.
 async fn start_control(home: &Path, args: &ControlArgs) -> anyhow::Result<(Arc<ControlPlane>, SocketAddr)> {
     let settings = control_settings(home, args)?;
-    let listener = tokio::net::TcpListener::bind((args.control_host.as_str(), args.control_port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{} for the control plane", args.control_host, args.control_port))?;
+    let listener =
+        tokio::net::TcpListener::bind((args.control_host.as_str(), args.control_port)).await.with_context(|| {
+            format!("cannot listen on {}:{} for the control plane", args.control_host, args.control_port)
+        })?;
     let addr = listener.local_addr()?;
     let cp = ControlPlane::start(settings)?;
     sluice_control::write_control_url(home, &format!("http://{addr}"))?;
@@ -172,10 +173,9 @@ pub fn control(home: &Path, args: ControlCmdArgs) -> anyhow::Result<()> {
 pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
     let settings = args.gateway.settings()?;
     let token = match &args.control_token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .trim()
-            .to_owned(),
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_owned()
+        }
         None => sluice_control::read_admin_token(home)?,
     };
     let url = match args.control_url {

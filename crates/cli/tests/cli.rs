@@ -1,34 +1,15 @@
 //! The `sluice` binary as a user runs it: registry commands, `serve` and `up`, in temporary data
 //! directories, over real HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_e2e::{expected, model_path, ort_library, workspace};
+use sluice_e2e::{expected, model_path};
 
-fn sluice(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.env("SLUICE_HOME", home)
-        .env("SLUICE_ORT_LIB", ort_library())
-        .env("SLUICE_LOG", "warn")
-        .current_dir(workspace());
-    cmd
-}
+mod common;
 
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("runs");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8")
-}
-
-fn run_err(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("runs");
-    assert!(!out.status.success(), "{cmd:?} should fail");
-    String::from_utf8(out.stderr).expect("utf8")
-}
+use common::{Server, run_err, run_ok, sluice};
 
 #[test]
 fn model_commands_round_trip() {
@@ -80,50 +61,6 @@ fn model_commands_round_trip() {
     assert_eq!(list.as_array().expect("array").len(), 1);
 }
 
-/// A running `sluice` server process; killed if the test fails before stopping it.
-struct Server {
-    child: Option<Child>,
-    url: String,
-}
-
-impl Server {
-    /// Starts `sluice ARGS --port 0` and waits for the line that names its address.
-    fn start(mut cmd: Command) -> Server {
-        let mut child =
-            cmd.arg("--port").arg("0").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().expect("server printed its address before exiting").expect("line");
-            if let Some(at) = line.find("http://127.0.0.1:") {
-                let url: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
-                break url;
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child: Some(child), url }
-    }
-
-    /// Sends SIGTERM and returns (exit success, stderr).
-    fn terminate(mut self) -> (bool, String) {
-        let child = self.child.take().expect("running");
-        let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-        let out = child.wait_with_output().expect("wait");
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn mlp_large_binary(rows: usize) -> (Vec<u8>, usize) {
     let data: Vec<u8> = (0..rows * 784).flat_map(|i| ((i % 89) as f32 / 89.0).to_le_bytes()).collect();
     let mut body = serde_json::to_vec(&json!({
@@ -140,13 +77,20 @@ async fn up_registers_once_serves_and_drains_on_sigterm() {
     let home = tempfile::tempdir().expect("tempdir");
     let server = Server::start({
         let mut c = sluice(home.path());
-        c.arg("up");
+        c.args(["up", "--port", "0", "--control-port", "0", "--stop-grace-seconds", "10"]);
         c
     });
     let client = reqwest::Client::new();
+    let key =
+        |name: &str| run_ok(sluice(home.path()).args(["keys", "get", name, "--key", "primary"])).trim().to_owned();
+    // Key auth is on by default.
+    let r =
+        client.post(format!("{}/models/tabular-mixed/score", server.url)).json(&json!({})).send().await.expect("post");
+    assert_eq!(r.status(), 401);
     // The ready-to-paste example from the banner works.
     let r = client
         .post(format!("{}/models/tabular-mixed/score", server.url))
+        .bearer_auth(key("tabular-mixed"))
         .json(&json!({ "inputs": { "features": [[0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]], "category": [3] } }))
         .send()
         .await
@@ -159,6 +103,7 @@ async fn up_registers_once_serves_and_drains_on_sigterm() {
         let want = expected(name);
         let r = client
             .post(format!("{}/v2/models/{name}/infer", server.url))
+            .bearer_auth(key(name))
             .json(&sluice_e2e::v2_request(&want))
             .send()
             .await
@@ -172,6 +117,7 @@ async fn up_registers_once_serves_and_drains_on_sigterm() {
     let slow = tokio::spawn(
         client
             .post(format!("{}/v2/models/mlp-large/infer", server.url))
+            .bearer_auth(key("mlp-large"))
             .header("inference-header-content-length", len.to_string())
             .body(body)
             .send(),
@@ -181,6 +127,9 @@ async fn up_registers_once_serves_and_drains_on_sigterm() {
     assert!(ok, "clean exit: {stderr}");
     assert!(stderr.contains("shutting down") && stderr.contains("stopped"), "{stderr}");
     assert_eq!(slow.await.expect("task").expect("in-flight request answered").status(), 200);
+    // The replicas stopped with it.
+    let leftovers = Command::new("pgrep").arg("-f").arg(home.path()).output().expect("pgrep");
+    assert!(leftovers.stdout.is_empty(), "replica processes left: {}", String::from_utf8_lossy(&leftovers.stdout));
 
     let listed = || -> Vec<(String, u64)> {
         let list: Value =
@@ -198,11 +147,16 @@ async fn up_registers_once_serves_and_drains_on_sigterm() {
     // A second `up` registers nothing new.
     let again = Server::start({
         let mut c = sluice(home.path());
-        c.arg("up");
+        c.args(["up", "--port", "0", "--control-port", "0", "--stop-grace-seconds", "10"]);
         c
     });
     let r = reqwest::get(format!("{}/v2/health/ready", again.url)).await.expect("ready");
     assert_eq!(r.status(), 200);
+    let services: Value =
+        serde_json::from_str(&run_ok(sluice(home.path()).args(["service", "list", "--output", "json"]))).expect("json");
+    let services = services.as_array().expect("array");
+    assert_eq!(services.len(), 4, "one service per bundled model");
+    assert!(services.iter().all(|s| s["generation"] == 1 && s["state"] == "Healthy"), "{services:?}");
     let (ok, _) = tokio::task::spawn_blocking(move || again.terminate()).await.expect("join");
     assert!(ok);
     assert_eq!(listed(), first, "up is idempotent");
@@ -214,7 +168,7 @@ async fn serve_takes_files_and_registry_references() {
     run_ok(sluice(home.path()).args(["model", "register", "tab"]).arg(model_path("tabular-mixed")));
     let server = Server::start({
         let mut c = sluice(home.path());
-        c.arg("serve").arg(model_path("mlp-small")).arg("tab:1").args(["--instances", "1"]);
+        c.arg("serve").arg(model_path("mlp-small")).arg("tab:1").args(["--instances", "1", "--port", "0"]);
         c
     });
     let meta: Value = reqwest::get(format!("{}/v2", server.url)).await.expect("meta").json().await.expect("json");
@@ -291,7 +245,7 @@ async fn deploy_config_is_checked_before_anything_starts_and_applied() {
     .expect("write");
     let server = Server::start({
         let mut c = sluice(home.path());
-        c.arg("serve").arg(model_path("mlp-small")).arg("--deploy-config").arg(&good);
+        c.arg("serve").arg(model_path("mlp-small")).arg("--deploy-config").arg(&good).args(["--port", "0"]);
         c
     });
     let text = reqwest::get(format!("{}/metrics", server.url)).await.expect("metrics").text().await.expect("text");

@@ -77,7 +77,8 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
 }
 
 async fn require_admin(State(cp): State<Arc<ControlPlane>>, request: Request, next: Next) -> Response {
-    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| sluice_auth::bearer_credential(v.as_bytes()));
+    let presented =
+        request.headers().get(header::AUTHORIZATION).and_then(|v| sluice_auth::bearer_credential(v.as_bytes()));
     match presented {
         Some(token) if cp.is_admin(token) => next.run(request).await,
         _ => (

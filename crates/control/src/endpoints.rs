@@ -9,8 +9,8 @@ use sluice_gateway::split::Split;
 use sluice_gateway::{EndpointVersion, TargetKind, token_audience};
 
 use crate::model::{
-    AuthMode, CreateEndpoint, EndpointSpec, EndpointStatus, KeyName, Keys, RegenerateKey, TokenRequest,
-    TokenResponse, VersionChange, VersionStatus,
+    AuthMode, CreateEndpoint, EndpointSpec, EndpointStatus, KeyName, Keys, RegenerateKey, TokenRequest, TokenResponse,
+    VersionChange, VersionStatus,
 };
 use crate::{ControlError, ControlPlane, check_name, lock, timestamp, unix_now};
 
@@ -109,8 +109,7 @@ impl ControlPlane {
         let now = timestamp();
         let spec =
             EndpointSpec { name: request.name, auth: request.auth, versions, created_at: now.clone(), updated_at: now };
-        let keys =
-            Keys { primary_key: sluice_auth::generate_key(), secondary_key: sluice_auth::generate_key() };
+        let keys = Keys { primary_key: sluice_auth::generate_key(), secondary_key: sluice_auth::generate_key() };
         lock(&self.store).put_endpoint(&spec, Some(&keys))?;
         tracing::info!(endpoint = %spec.name, "endpoint created");
         self.publish();
@@ -118,7 +117,12 @@ impl ControlPlane {
     }
 
     /// Adds (`new`) or changes one version; the whole endpoint is checked before anything is stored.
-    pub fn change_version(&self, endpoint: &str, change: VersionChange, new: bool) -> Result<EndpointStatus, ControlError> {
+    pub fn change_version(
+        &self,
+        endpoint: &str,
+        change: VersionChange,
+        new: bool,
+    ) -> Result<EndpointStatus, ControlError> {
         let mut spec = self.stored_endpoint(endpoint)?;
         let refused = |e: ControlError| match e {
             ControlError::Invalid(m) => {
@@ -326,8 +330,12 @@ mod tests {
         assert!(err.to_string().contains("1 to 6 versions"), "{err}");
         let mut vs = Vec::new();
         add(&mut vs, "a", 0.0).expect("a");
-        let err = apply(&mut vs, &VersionChange { name: "a".into(), control: true, treatment: true, ..Default::default() }, false)
-            .expect_err("contradiction");
+        let err = apply(
+            &mut vs,
+            &VersionChange { name: "a".into(), control: true, treatment: true, ..Default::default() },
+            false,
+        )
+        .expect_err("contradiction");
         assert!(err.to_string().contains("contradict"), "{err}");
     }
 }

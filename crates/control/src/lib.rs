@@ -169,10 +169,8 @@ impl ControlPlane {
 
     /// Stops every replica, letting in-flight requests finish.
     pub async fn shutdown(&self) {
-        let groups: Vec<Arc<Group>> = lock(&self.runtimes)
-            .drain()
-            .flat_map(|(_, rt)| std::iter::once(rt.current).chain(rt.next))
-            .collect();
+        let groups: Vec<Arc<Group>> =
+            lock(&self.runtimes).drain().flat_map(|(_, rt)| std::iter::once(rt.current).chain(rt.next)).collect();
         for g in &groups {
             g.stop();
         }
@@ -265,7 +263,11 @@ impl ControlPlane {
         };
         self.publish();
         if let Some(old) = retired {
-            tracing::info!(service, generation = old.plan.generation, "update rolled out; stopping the previous replicas");
+            tracing::info!(
+                service,
+                generation = old.plan.generation,
+                "update rolled out; stopping the previous replicas"
+            );
             // Gateways need a moment to take the new addresses before the old replicas stop
             // accepting connections.
             tokio::spawn(async move {
@@ -293,7 +295,7 @@ impl ControlPlane {
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 tracing::info!(pid, service, "stopping a replica left by an earlier control plane");
                 supervisor::signal_term(pid);
             });

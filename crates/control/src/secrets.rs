@@ -29,7 +29,10 @@ pub fn control_url_path(home: &Path) -> PathBuf {
 pub fn read_admin_token(home: &Path) -> anyhow::Result<String> {
     let path = admin_token_path(home);
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("cannot read the admin credential {} (has `sluice control` or `sluice up` run with this data directory?)", path.display())
+        format!(
+            "cannot read the admin credential {} (has `sluice control` or `sluice up` run with this data directory?)",
+            path.display()
+        )
     })?;
     Ok(text.trim().to_owned())
 }

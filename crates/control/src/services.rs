@@ -231,10 +231,7 @@ impl ControlPlane {
             .into_iter()
             .flat_map(|e| {
                 let endpoint = e.name;
-                e.versions
-                    .into_iter()
-                    .filter(|v| v.service == name)
-                    .map(move |v| format!("{endpoint}/{}", v.name))
+                e.versions.into_iter().filter(|v| v.service == name).map(move |v| format!("{endpoint}/{}", v.name))
             })
             .collect();
         if !users.is_empty() {

@@ -216,7 +216,8 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
             break;
         }
         let tail = log_tail(&replica.log_path, 3);
-        let exit = if tail.is_empty() { ended.status.clone() } else { format!("{}; last output: {tail}", ended.status) };
+        let exit =
+            if tail.is_empty() { ended.status.clone() } else { format!("{}; last output: {tail}", ended.status) };
         replica.restarts.fetch_add(1, Ordering::Relaxed);
         *lock(&replica.last_exit) = Some(exit.clone());
         if ended.became_ready {
@@ -280,7 +281,13 @@ fn spawn(cp: &ControlPlane, plan: &Plan, replica: &Replica, addr_file: &Path) ->
 }
 
 /// Watches one replica process from start to exit.
-async fn supervise(cp: &Arc<ControlPlane>, group: &Group, replica: &Replica, mut child: Child, addr_file: &Path) -> Ended {
+async fn supervise(
+    cp: &Arc<ControlPlane>,
+    group: &Group,
+    replica: &Replica,
+    mut child: Child,
+    addr_file: &Path,
+) -> Ended {
     let mut stop = group.stop.subscribe();
     let started = Instant::now();
     let ended = |status: String, became_ready: bool| Ended { became_ready, stopped: false, status };

@@ -195,7 +195,9 @@ pub async fn follow_control(gateway: Arc<Gateway>, source: ControlSource) {
                 Ok(config) => {
                     match gateway.apply(&config) {
                         Ok(()) => tracing::info!(generation = config.generation, "gateway configuration applied"),
-                        Err(e) => tracing::error!(error = %e, "control plane sent a configuration that cannot be served; keeping the current one"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "control plane sent a configuration that cannot be served; keeping the current one")
+                        }
                     }
                     if outage {
                         tracing::info!("control plane reachable again");

@@ -91,7 +91,9 @@ impl GatewayMetrics {
             let endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
             let labels: Vec<Vec<[(&str, &str); 4]>> = endpoints
                 .iter()
-                .map(|((e, v, r), _)| CLASSES.map(|c| [("endpoint", e.as_str()), ("version", v), ("role", r), ("code", c)]).to_vec())
+                .map(|((e, v, r), _)| {
+                    CLASSES.map(|c| [("endpoint", e.as_str()), ("version", v), ("role", r), ("code", c)]).to_vec()
+                })
                 .collect();
             enc.counters(
                 "sluice_gateway_requests_total",
@@ -100,8 +102,10 @@ impl GatewayMetrics {
                     ls.iter().zip(&s.by_class).filter(|(_, c)| c.get() > 0).map(|(l, c)| (&l[..], c.get()))
                 }),
             );
-            let short: Vec<[(&str, &str); 3]> =
-                endpoints.keys().map(|(e, v, r)| [("endpoint", e.as_str()), ("version", v.as_str()), ("role", *r)]).collect();
+            let short: Vec<[(&str, &str); 3]> = endpoints
+                .keys()
+                .map(|(e, v, r)| [("endpoint", e.as_str()), ("version", v.as_str()), ("role", *r)])
+                .collect();
             enc.histograms(
                 "sluice_gateway_request_duration_seconds",
                 "Time from receiving a request to the replica's response headers, per endpoint version and role.",

@@ -53,7 +53,10 @@ struct Route<'a> {
 
 /// Paths a replica serves to callers; anything else (its /metrics, say) stays private.
 fn scoring_path(rest: &str) -> bool {
-    rest == "score" || rest == "v2" || rest.starts_with("v2/") || (rest.starts_with("models/") && rest.ends_with("/score"))
+    rest == "score"
+        || rest == "v2"
+        || rest.starts_with("v2/")
+        || (rest.starts_with("models/") && rest.ends_with("/score"))
 }
 
 fn parse_route(path: &str) -> Option<Route<'_>> {
@@ -63,7 +66,12 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
         "services" | "endpoints" => {
             let (name, rest) = after.split_once('/')?;
             let kind = if first == "services" { TargetKind::Service } else { TargetKind::Endpoint };
-            scoring_path(rest).then_some(Route { kind: Some(kind), name, rest, rewrite_model: kind == TargetKind::Endpoint })
+            scoring_path(rest).then_some(Route {
+                kind: Some(kind),
+                name,
+                rest,
+                rewrite_model: kind == TargetKind::Endpoint,
+            })
         }
         // OIP clients given the gateway's base URL: /v2/models/{endpoint or service}/...
         "v2" => {
@@ -210,10 +218,8 @@ impl Gateway {
         if matches!(policy, AuthPolicy::None) {
             return Ok(());
         }
-        let credential = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| bearer_credential(v.as_bytes()))
-            .ok_or_else(|| {
+        let credential =
+            headers.get(header::AUTHORIZATION).and_then(|v| bearer_credential(v.as_bytes())).ok_or_else(|| {
                 GatewayError::Unauthorized(format!(
                     "{} '{}' needs credentials: send 'Authorization: Bearer <{}>'",
                     target.kind().as_str(),
@@ -243,11 +249,10 @@ impl Gateway {
                     .verifier
                     .as_ref()
                     .ok_or_else(|| GatewayError::Unauthorized("no token signing keys are published yet".into()))?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let claims =
-                    verifier.verify(credential, now).map_err(|e| GatewayError::Unauthorized(format!("invalid token: {e}")))?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let claims = verifier
+                    .verify(credential, now)
+                    .map_err(|e| GatewayError::Unauthorized(format!("invalid token: {e}")))?;
                 if claims.aud == target.audience() {
                     Ok(())
                 } else {
@@ -277,7 +282,9 @@ impl Gateway {
             let Some((index, replica)) = service.pool.choose(now, tried) else {
                 return Err(match last_error {
                     None => GatewayError::Unavailable(format!("service '{}' has no ready replica", service.name)),
-                    Some(e) => GatewayError::Upstream(format!("no replica of service '{}' answered: {e}", service.name)),
+                    Some(e) => {
+                        GatewayError::Upstream(format!("no replica of service '{}' answered: {e}", service.name))
+                    }
                 });
             };
             tried |= 1 << index;
@@ -358,8 +365,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         return Err(GatewayError::PayloadTooLarge { limit });
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
         if too_large {
             GatewayError::PayloadTooLarge { limit }

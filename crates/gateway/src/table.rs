@@ -213,7 +213,8 @@ impl RouteTable {
         for s in &config.services {
             note_keys(&s.auth);
             live_addrs.extend(s.replicas.iter().map(String::as_str));
-            let pool = Pool { replicas: s.replicas.iter().map(|a| replicas.get(a)).collect(), next: AtomicUsize::new(0) };
+            let pool =
+                Pool { replicas: s.replicas.iter().map(|a| replicas.get(a)).collect(), next: AtomicUsize::new(0) };
             let target = ServiceTarget {
                 name: s.name.clone(),
                 sole_model: (s.models.len() == 1).then(|| s.models[0].clone()),
@@ -227,8 +228,7 @@ impl RouteTable {
         for e in &config.endpoints {
             note_keys(&e.auth);
             let specs: Vec<_> = e.versions.iter().map(|v| v.split_spec()).collect();
-            let split =
-                Split::new(&specs).map_err(|source| ConfigError::Split { endpoint: e.name.clone(), source })?;
+            let split = Split::new(&specs).map_err(|source| ConfigError::Split { endpoint: e.name.clone(), source })?;
             let mut versions = HashMap::new();
             for v in &e.versions {
                 let service = services.get(&v.service).cloned().ok_or_else(|| ConfigError::UnknownService {
@@ -246,8 +246,10 @@ impl RouteTable {
                 let stats = metrics.endpoint(&e.name, &v.name, role.as_str());
                 versions.insert(v.name.clone(), VersionTarget { service, stats });
             }
-            endpoints
-                .insert(e.name.clone(), Arc::new(EndpointTarget { name: e.name.clone(), auth: e.auth.clone(), split, versions }));
+            endpoints.insert(
+                e.name.clone(),
+                Arc::new(EndpointTarget { name: e.name.clone(), auth: e.auth.clone(), split, versions }),
+            );
         }
         let verifier = if config.jwks.keys.is_empty() {
             None

@@ -1,0 +1,720 @@
+//! The control plane, services, endpoints and the gateway as a user runs them: `sluice control`,
+//! `sluice gateway` and the admin commands as real processes, with real replica processes scoring
+//! with ONNX Runtime on loopback ports.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Server, run_err, run_ok, signal, sluice};
+use serde_json::{Value, json};
+use sluice_e2e::{assert_outputs_match, expected, model_path, v2_request};
+
+/// A control plane and a gateway following it, in a fresh data directory.
+struct Platform {
+    home: tempfile::TempDir,
+    control: Option<Server>,
+    control_port: u16,
+    gateway: Option<Server>,
+    client: reqwest::Client,
+}
+
+impl Platform {
+    async fn start(gateway_args: &[&str]) -> Platform {
+        let home = tempfile::tempdir().expect("tempdir");
+        for model in ["mlp-small", "dtype-echo"] {
+            run_ok(sluice(home.path()).args(["model", "register", model]).arg(model_path(model)));
+        }
+        let control = Platform::start_control(home.path(), 0);
+        let control_port: u16 = control.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("control port");
+        let gateway = Server::start({
+            let mut c = sluice(home.path());
+            c.args(["gateway", "--port", "0", "--seed", "7"]).args(gateway_args);
+            c
+        });
+        let p = Platform {
+            home,
+            control: Some(control),
+            control_port,
+            gateway: Some(gateway),
+            client: reqwest::Client::new(),
+        };
+        let ready = format!("{}/v2/health/ready", p.gateway_url());
+        p.wait_until("the gateway has a configuration", || {
+            let client = p.client.clone();
+            let ready = ready.clone();
+            async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        p
+    }
+
+    fn start_control(home: &std::path::Path, port: u16) -> Server {
+        Server::start({
+            let mut c = sluice(home);
+            c.args(["control", "--control-port", &port.to_string(), "--stop-grace-seconds", "5"]);
+            c
+        })
+    }
+
+    fn gateway_url(&self) -> &str {
+        &self.gateway.as_ref().expect("gateway").url
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = sluice(self.home.path());
+        c.args(args);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        run_ok(&mut self.cmd(args))
+    }
+
+    fn err(&self, args: &[&str]) -> String {
+        run_err(&mut self.cmd(args))
+    }
+
+    /// A CLI call that does not block the test's other tasks.
+    async fn ok_async(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::from(self.cmd(args)).output().await.expect("runs");
+        assert!(out.status.success(), "sluice {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("json output")
+    }
+
+    fn write(&self, name: &str, value: &Value) -> PathBuf {
+        let path = self.home.path().join(name);
+        std::fs::write(&path, value.to_string()).expect("write");
+        path
+    }
+
+    /// `service create NAME --model MODEL [--deploy-config] --wait`.
+    async fn service(&self, name: &str, model: &str, deploy: Option<Value>) {
+        let mut args = vec!["service", "create", name, "--model", model, "--wait"];
+        let path;
+        if let Some(config) = deploy {
+            path = self.write(&format!("{name}-deploy.json"), &config);
+            args.extend(["--deploy-config", path.to_str().expect("utf8 path")]);
+        }
+        self.ok_async(&args).await;
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.ok(&["keys", "get", name, "--key", "primary"]).trim().to_owned()
+    }
+
+    async fn wait_until<F: Future<Output = bool>>(&self, what: &str, mut check: impl FnMut() -> F) {
+        let started = Instant::now();
+        while !check().await {
+            assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sum of a gateway metric family's series whose labels contain `labels`.
+    async fn metric(&self, family: &str, labels: &str) -> u64 {
+        let text =
+            reqwest::get(format!("{}/metrics", self.gateway_url())).await.expect("metrics").text().await.expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+            .filter(|l| l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn replica_pids(&self, service: &str) -> Vec<u32> {
+        let shown = self.json(&["service", "show", service]);
+        shown["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .filter_map(|r| r["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if let Some(control) = self.control.take() {
+            let _ = control.terminate();
+        }
+        self.gateway.take();
+        // Whatever a failed test left running in this data directory.
+        let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(self.home.path()).status();
+    }
+}
+
+/// An infer request for mlp-small and the outputs it must produce.
+fn mlp_request() -> (Value, Value) {
+    let want = expected("mlp-small");
+    (v2_request(&want), want)
+}
+
+/// Sends requests from `workers` tasks until `stop`; returns (answered, failures).
+fn load(
+    client: reqwest::Client,
+    url: String,
+    key: String,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let (body, want) = mlp_request();
+        let (body, want) = (Arc::new(body), Arc::new(want));
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let (client, url, key, stop, body, want) =
+                    (client.clone(), url.clone(), key.clone(), stop.clone(), body.clone(), want.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failures) = (0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.post(&url).bearer_auth(&key).json(&*body).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                let v: Value = r.json().await.expect("json");
+                                assert_outputs_match(&v, &want);
+                                ok += 1;
+                            }
+                            Ok(r) => failures.push(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        let (mut ok, mut failures) = (0, Vec::new());
+        for t in tasks {
+            let (o, f) = t.await.expect("worker");
+            ok += o;
+            failures.extend(f);
+        }
+        (ok, failures)
+    })
+}
+
+/// Counts the `x-sluice-version` of `n` GETs of `url`, `concurrency` at a time.
+async fn versions_of(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    n: usize,
+    concurrency: usize,
+) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    let per = n / concurrency;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, key) = (client.clone(), url.to_owned(), key.to_owned());
+            tokio::spawn(async move {
+                let mut seen = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let r = client.get(&url).bearer_auth(&key).send().await.expect("request");
+                    assert_eq!(r.status(), 200);
+                    seen.push(r.headers()["x-sluice-version"].to_str().expect("ascii").to_owned());
+                }
+                seen
+            })
+        })
+        .collect();
+    for t in tasks {
+        for v in t.await.expect("task") {
+            *counts.entry(v).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Pearson's chi-square statistic of `counts` against `shares` (fractions summing to 1).
+fn chi_square(counts: &BTreeMap<String, usize>, shares: &[(&str, f64)]) -> f64 {
+    let n: usize = counts.values().sum();
+    assert!(counts.keys().all(|k| shares.iter().any(|(v, _)| v == k)), "unexpected versions in {counts:?}");
+    shares
+        .iter()
+        .map(|(v, p)| {
+            let expected = n as f64 * p;
+            let observed = *counts.get(*v).unwrap_or(&0) as f64;
+            (observed - expected).powi(2) / expected
+        })
+        .sum()
+}
+
+/// 99.9th percentile of chi-square with 2 degrees of freedom.
+const CHI2_2DOF_P999: f64 = 13.82;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_split_follows_weights_and_changes_lose_no_request() {
+    let p = Platform::start(&[]).await;
+    for s in ["a", "b", "c"] {
+        p.service(s, "mlp-small", None).await;
+    }
+    p.ok(&["endpoint", "create", "ep", "--version", "v1=a"]);
+    p.ok(&["endpoint", "version", "add", "ep", "v2=b", "--traffic", "30"]);
+    let shown = p.ok(&["endpoint", "version", "add", "ep", "v3=c", "--traffic", "20"]);
+    assert!(shown.contains("v1 (default)") && shown.contains("50.0%"), "{shown}");
+    let key = p.key("ep");
+    let ready = format!("{}/endpoints/ep/v2/models/anything/ready", p.gateway_url());
+    // Pinned requests do not draw from the seeded sequence, so waiting cannot change the counts.
+    p.wait_until("the gateway routes v3", || {
+        let req = p.client.get(&ready).bearer_auth(&key).header("x-sluice-version", "v3");
+        async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+
+    let counts = versions_of(&p.client, &ready, &key, 10_000, 16).await;
+    let chi = chi_square(&counts, &[("v1", 0.5), ("v2", 0.3), ("v3", 0.2)]);
+    assert!(chi < CHI2_2DOF_P999, "split {counts:?} is off the configured 50/30/20 (chi-square {chi})");
+
+    p.ok(&["endpoint", "version", "update", "ep", "v2", "--traffic", "10"]);
+    p.ok(&["endpoint", "version", "update", "ep", "v3", "--traffic", "45"]);
+    p.wait_until("the gateway has the new weights", || {
+        let url = format!("{}/metrics", p.gateway_url());
+        async move { reqwest::get(&url).await.is_ok() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = versions_of(&p.client, &ready, &key, 10_000, 16).await;
+    let chi = chi_square(&counts, &[("v1", 0.45), ("v2", 0.10), ("v3", 0.45)]);
+    assert!(chi < CHI2_2DOF_P999, "split {counts:?} is off the configured 45/10/45 (chi-square {chi})");
+
+    // Versions and weights change, and a service rolls out new replicas, while requests flow.
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = format!("{}/endpoints/ep/v2/models/mlp-small/infer", p.gateway_url());
+    let running = load(p.client.clone(), url, key.clone(), 8, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let two_replicas = p.write("two.json", &json!({ "num_replicas": 2 }));
+    for change in [
+        vec!["endpoint", "version", "add", "ep", "v4=a", "--traffic", "5"],
+        vec!["endpoint", "version", "update", "ep", "v2", "--default"],
+        vec!["endpoint", "version", "update", "ep", "v4", "--control", "--traffic", "40"],
+        vec!["endpoint", "version", "delete", "ep", "v1"],
+        vec!["endpoint", "version", "update", "ep", "v3", "--traffic", "0"],
+        vec!["service", "update", "b", "--deploy-config", two_replicas.to_str().expect("utf8"), "--wait"],
+        vec!["endpoint", "version", "delete", "ep", "v4"],
+        vec!["endpoint", "version", "add", "ep", "v5=c", "--traffic", "50"],
+    ] {
+        p.ok_async(&change).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failures) = running.await.expect("load");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        answered + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(answered > 50, "the load ran ({answered} requests)");
+    let b = p.json(&["service", "show", "b"]);
+    assert_eq!((b["generation"].as_u64(), b["state"].as_str()), (Some(2), Some("Healthy")), "{b}");
+    assert_eq!(b["replicas"].as_array().expect("replicas").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_sticky_and_shadows_that_never_touch_the_caller() {
+    let p = Platform::start(&["--max-shadow-in-flight", "4", "--shadow-timeout-ms", "60000"]).await;
+    for (s, model) in [("a", "mlp-small"), ("b", "mlp-small"), ("mirror", "mlp-small"), ("echo", "dtype-echo")] {
+        p.service(s, model, None).await;
+    }
+    p.ok(&["endpoint", "create", "ep", "--version", "v1=a"]);
+    p.ok(&["endpoint", "version", "add", "ep", "v2=b", "--traffic", "50"]);
+    p.ok(&["endpoint", "version", "add", "ep", "sh=mirror", "--shadow", "50"]);
+    let key = p.key("ep");
+    let gw = p.gateway_url().to_owned();
+    let infer = format!("{gw}/endpoints/ep/v2/models/mlp-small/infer");
+    let (body, want) = mlp_request();
+    p.wait_until("the gateway routes the shadow", || {
+        let req = p
+            .client
+            .get(format!("{gw}/endpoints/ep/v2/models/x/ready"))
+            .bearer_auth(&key)
+            .header("x-sluice-version", "sh");
+        async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let shadow_seen = || p.metric("sluice_gateway_requests_total", "endpoint=\"ep\",version=\"sh\"");
+
+    // Pinned: always that version, never mirrored.
+    let before = shadow_seen().await;
+    for _ in 0..30 {
+        let r = p
+            .client
+            .post(&infer)
+            .bearer_auth(&key)
+            .header("x-sluice-version", "v2")
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!((r.status().as_u16(), r.headers()["x-sluice-version"].to_str().expect("ascii")), (200, "v2"));
+    }
+    let pinned_shadow = shadow_seen().await;
+    // (The pinned wait above was the only other request that reached the shadow.)
+    assert!(pinned_shadow <= before + 1, "pinned requests were mirrored: {before} -> {pinned_shadow}");
+    let r = p
+        .client
+        .post(&infer)
+        .bearer_auth(&key)
+        .header("x-sluice-version", "v9")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.expect("json");
+    assert!(e["error"].as_str().expect("error").contains("no version 'v9'"), "{e}");
+
+    // Sticky: one key, one version; different keys spread over both.
+    let mut seen = BTreeMap::new();
+    for user in 0..40 {
+        let mut versions = Vec::new();
+        for _ in 0..4 {
+            let r = p
+                .client
+                .post(&infer)
+                .bearer_auth(&key)
+                .header("x-sluice-route-key", format!("user-{user}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 200);
+            versions.push(r.headers()["x-sluice-version"].to_str().expect("ascii").to_owned());
+        }
+        assert!(versions.windows(2).all(|w| w[0] == w[1]), "user-{user} moved between versions: {versions:?}");
+        *seen.entry(versions[0].clone()).or_insert(0) += 1;
+    }
+    assert!(seen.len() == 2 && seen.values().all(|&n| n >= 8), "route keys should spread over v1 and v2: {seen:?}");
+
+    // The shadow gets about its share of unpinned requests; callers get the live answer.
+    let before = shadow_seen().await;
+    for _ in 0..400 {
+        let r = p.client.post(&infer).bearer_auth(&key).json(&body).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        assert_ne!(r.headers()["x-sluice-version"], "sh", "the shadow never answers callers");
+        assert_outputs_match(&r.json().await.expect("json"), &want);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mirrored = shadow_seen().await - before;
+    assert!((140..=260).contains(&mirrored), "about 50% of 400 requests should be mirrored, got {mirrored}");
+
+    // A frozen shadow: callers are not slowed, and copies beyond the in-flight cap are dropped.
+    let frozen = p.replica_pids("mirror");
+    assert_eq!(frozen.len(), 1);
+    signal(frozen[0], "STOP");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..60 {
+        let started = Instant::now();
+        let r = p.client.post(&infer).bearer_auth(&key).json(&body).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        assert_outputs_match(&r.json().await.expect("json"), &want);
+        slowest = slowest.max(started.elapsed());
+    }
+    signal(frozen[0], "CONT");
+    // Each copy to the frozen shadow would hold a caller for the 60 s shadow timeout.
+    assert!(slowest < Duration::from_secs(5), "a caller waited {slowest:?} on a frozen shadow");
+    assert!(p.metric("sluice_gateway_shadow_dropped_total", "").await > 0, "copies beyond the cap are dropped");
+
+    // A failing shadow (a model that refuses this input): callers still get their answers.
+    p.ok(&["endpoint", "version", "update", "ep", "sh", "--service", "echo"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..100 {
+        let r = p.client.post(&infer).bearer_auth(&key).json(&body).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        assert_outputs_match(&r.json().await.expect("json"), &want);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed =
+        p.metric("sluice_gateway_requests_total", "endpoint=\"ep\",version=\"sh\",role=\"shadow\",code=\"4xx\"").await;
+    assert!(failed > 0, "the failing shadow's answers are measured");
+}
+
+/// Status of a GET with an optional bearer credential.
+async fn status(client: &reqwest::Client, url: &str, credential: Option<&str>) -> (u16, String) {
+    let mut req = client.get(url);
+    if let Some(c) = credential {
+        req = req.bearer_auth(c);
+    }
+    let r = req.send().await.expect("send");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn auth_matrix() {
+    let p = Platform::start(&[]).await;
+    p.service("keyed", "mlp-small", None).await;
+    p.service("tokened", "mlp-small", Some(json!({ "token_auth_enabled": true }))).await;
+    p.service("open", "mlp-small", Some(json!({ "auth_enabled": false }))).await;
+    p.ok(&["endpoint", "create", "ek", "--version", "v1=keyed"]);
+    p.ok(&["endpoint", "create", "et", "--version", "v1=keyed", "--auth", "token"]);
+    let gw = p.gateway_url().to_owned();
+    let url = |target: &str| format!("{gw}/{target}/v2/models/mlp-small/ready");
+    let (keyed, ek, et, tokened, open) = (
+        url("services/keyed"),
+        url("endpoints/ek"),
+        url("endpoints/et"),
+        url("services/tokened"),
+        url("services/open"),
+    );
+    p.wait_until("the gateway knows every target", || {
+        let (c, et) = (p.client.clone(), et.clone());
+        async move { status(&c, &et, None).await.0 == 401 }
+    })
+    .await;
+    let c = &p.client;
+
+    let keys = p.json(&["keys", "get", "keyed"]);
+    let (primary, secondary) =
+        (keys["primary_key"].as_str().expect("key"), keys["secondary_key"].as_str().expect("key"));
+    assert_eq!(primary.len(), 43, "256-bit random keys");
+    assert_eq!(status(c, &keyed, None).await.0, 401, "no credential");
+    let (code, body) = status(c, &keyed, Some("wrong-key-wrong-key-wrong-key")).await;
+    assert_eq!(code, 401, "wrong key");
+    assert!(!body.contains("wrong-key"), "errors never echo the credential: {body}");
+    assert_eq!(status(c, &keyed, Some(primary)).await.0, 200, "primary key");
+    assert_eq!(status(c, &keyed, Some(secondary)).await.0, 200, "secondary key");
+    let ek_key = p.key("ek");
+    assert_eq!(status(c, &keyed, Some(&ek_key)).await.0, 403, "another endpoint's key");
+    assert_eq!(status(c, &ek, Some(primary)).await.0, 403, "a service's key on an endpoint");
+    assert_eq!(status(c, &ek, Some(&ek_key)).await.0, 200);
+
+    // Rotation: the old primary stops working, the secondary never does.
+    p.ok(&["keys", "regen", "keyed", "--key", "primary"]);
+    let old = primary.to_owned();
+    p.wait_until("the old key is refused", || {
+        let (c, keyed, old) = (c.clone(), keyed.clone(), old.clone());
+        async move { status(&c, &keyed, Some(&old)).await.0 == 401 }
+    })
+    .await;
+    assert_eq!(status(c, &keyed, Some(secondary)).await.0, 200, "secondary still valid after regen");
+    assert_eq!(status(c, &keyed, Some(&p.key("keyed"))).await.0, 200, "new primary");
+    p.ok(&["keys", "regen", "keyed", "--key", "secondary", "--value", "my-own-secondary-key-0001"]);
+    p.wait_until("the explicit key works", || {
+        let (c, keyed) = (c.clone(), keyed.clone());
+        async move { status(&c, &keyed, Some("my-own-secondary-key-0001")).await.0 == 200 }
+    })
+    .await;
+    assert!(p.err(&["keys", "regen", "keyed", "--key", "primary", "--value", "short"]).contains("at least 16"));
+
+    // Tokens.
+    let token: Value = p.json(&["token", "get", "tokened"]);
+    let jwt = token["access_token"].as_str().expect("token").to_owned();
+    assert!(token["refresh_by"].as_u64() < token["expires_on"].as_u64(), "{token}");
+    assert_eq!(status(c, &tokened, Some(&jwt)).await.0, 200, "valid token");
+    assert_eq!(status(c, &tokened, None).await.0, 401, "no token");
+    assert_eq!(status(c, &tokened, Some(primary)).await.0, 401, "a key on a token service");
+    assert_eq!(status(c, &keyed, Some(&jwt)).await.0, 401, "a token on a key service");
+    let et_token = p.json(&["token", "get", "et"])["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(status(c, &et, Some(&et_token)).await.0, 200);
+    assert_eq!(status(c, &tokened, Some(&et_token)).await.0, 403, "token for another endpoint");
+    assert_eq!(status(c, &et, Some(&jwt)).await.0, 403, "token for a service on an endpoint");
+    // alg: none, with the real token's claims.
+    let claims = jwt.split('.').nth(1).expect("payload");
+    let none = format!("{}.{claims}.", b64(br#"{"alg":"none","typ":"JWT"}"#));
+    assert_eq!(status(c, &tokened, Some(&none)).await.0, 401, "alg none");
+    // Signed with another key.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let forged = sluice_auth::TokenSigner::generate().sign(&sluice_auth::Claims {
+        iss: "sluice-control".into(),
+        sub: "x".into(),
+        aud: "service:tokened".into(),
+        iat: now,
+        exp: now + 600,
+    });
+    assert_eq!(status(c, &tokened, Some(&forged)).await.0, 401, "token signed with another key");
+    // Expired.
+    let short = p.json(&["token", "get", "tokened", "--ttl", "1"])["access_token"].as_str().expect("token").to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (code, body) = status(c, &tokened, Some(&short)).await;
+    assert_eq!(code, 401, "expired token");
+    assert!(body.contains("expired"), "{body}");
+    assert!(p.err(&["token", "get", "keyed"]).contains("does not use token auth"));
+
+    // auth_enabled: false, and health routes, need nothing.
+    assert_eq!(status(c, &open, None).await.0, 200);
+    assert_eq!(status(c, &format!("{gw}/v2/health/ready"), None).await.0, 200);
+    // The admin API needs the admin credential, which only the owner can read.
+    let control = &p.control.as_ref().expect("control").url;
+    assert_eq!(status(c, &format!("{control}/v1/services"), None).await.0, 401);
+    assert_eq!(status(c, &format!("{control}/v1/services"), Some(primary)).await.0, 401);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.home.path().join("control/admin-token")).expect("admin token").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_restart_and_state_survives_a_control_plane_crash() {
+    let mut p = Platform::start(&[]).await;
+    p.service("r", "mlp-small", Some(json!({ "num_replicas": 2, "period_seconds": 1 }))).await;
+    p.ok(&["endpoint", "create", "e", "--version", "v1=r"]);
+    p.ok(&["keys", "regen", "e", "--key", "secondary"]);
+    let keys_before = p.json(&["keys", "get", "e"]);
+    let endpoint_before = p.json(&["endpoint", "show", "e"]);
+    let key = keys_before["primary_key"].as_str().expect("key").to_owned();
+    let url = format!("{}/endpoints/e/v2/models/mlp-small/infer", p.gateway_url());
+    p.wait_until("the gateway routes e", || {
+        let req = p.client.get(format!("{}/endpoints/e/v2/models/x/ready", p.gateway_url())).bearer_auth(&key);
+        async move { req.send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(p.client.clone(), url, key.clone(), 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A replica dies: the gateway routes around it and the control plane restarts it.
+    let pids = p.replica_pids("r");
+    assert_eq!(pids.len(), 2);
+    let killed = u64::from(pids[0]);
+    signal(pids[0], "KILL");
+    p.wait_until("the replica is back", || {
+        let shown = p.json(&["service", "show", "r"]);
+        async move {
+            let r0 = &shown["replicas"][0];
+            shown["state"] == "Healthy"
+                && r0["ready"] == true
+                && r0["restarts"] == 1
+                && r0["pid"].as_u64() != Some(killed)
+        }
+    })
+    .await;
+    assert!(
+        p.json(&["service", "show", "r"])["replicas"][0]["last_exit"].as_str().expect("last exit").contains("signal 9")
+    );
+    let logs = p.ok(&["service", "logs", "r", "--replica", "0"]);
+    assert_eq!(logs.matches("starting replica 0").count(), 2, "{logs}");
+
+    // The control plane crashes: the gateway keeps serving its last configuration.
+    let serving_pids = p.replica_pids("r");
+    p.control.take().expect("control").kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(p.err(&["keys", "get", "e"]).contains("cannot reach the control plane"));
+    // It comes back on the same address with everything it had.
+    p.control = Some(Platform::start_control(p.home.path(), p.control_port));
+    assert_eq!(p.json(&["keys", "get", "e"]), keys_before);
+    assert_eq!(p.json(&["endpoint", "show", "e"]), endpoint_before);
+    p.wait_until("the service is healthy again", || {
+        let state = p.json(&["service", "show", "r"])["state"].clone();
+        async move { state == "Healthy" }
+    })
+    .await;
+    // Replicas the crashed control plane left are retired once the new ones serve.
+    p.wait_until("the old replicas are gone", || {
+        let gone = serving_pids.iter().all(|pid| {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.contains("State:\tZ"))
+        });
+        async move { gone }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failures) = running.await.expect("load");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        answered + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(answered > 20, "the load ran ({answered} requests)");
+}
+
+#[tokio::test]
+async fn contradictions_and_invalid_changes_are_refused_by_name() {
+    let p = Platform::start(&[]).await;
+    for (config, message) in [
+        (
+            json!({ "num_replicas": 2, "autoscale_enabled": true }),
+            "num_replicas and autoscale_enabled cannot both be set",
+        ),
+        (
+            json!({ "auth_enabled": true, "token_auth_enabled": true }),
+            "auth_enabled (key auth) and token_auth_enabled cannot both be true",
+        ),
+        (json!({ "cpu_cores": 2, "cpu_cores_limit": 1 }), "cpu_cores_limit (1) is below cpu_cores (2)"),
+        (json!({ "memory_gb": 4, "memory_gb_limit": 2 }), "memory_gb_limit (2) is below memory_gb (4)"),
+        (
+            json!({ "autoscale_enabled": true, "autoscale_min_replicas": 3, "autoscale_max_replicas": 2 }),
+            "autoscale_min_replicas (3) is above autoscale_max_replicas (2)",
+        ),
+        (json!({ "autoscale_min_replicas": 2 }), "autoscale_enabled is not true"),
+        (json!({ "num_replicas": 0 }), "num_replicas must be at least 1"),
+        (json!({ "gpu_cores": 1 }), "gpu_cores is 1 but this build runs models on cpu only"),
+        (json!({ "num_replica": 2 }), "unknown field `num_replica`"),
+        (json!({ "primary_key": "short" }), "primary_key must be at least 16 characters"),
+        (
+            json!({ "auth_enabled": false, "primary_key": "a-long-enough-key-000" }),
+            "primary_key/secondary_key are given but auth_enabled is false",
+        ),
+        (json!({ "scoring_timeout_ms": 0 }), "scoring_timeout_ms must be greater than 0"),
+        (json!([1, 2]), "must be a JSON object"),
+    ] {
+        let path = p.write("bad.json", &config);
+        let err =
+            p.err(&["service", "create", "x", "--model", "mlp-small", "--deploy-config", path.to_str().expect("utf8")]);
+        assert!(err.contains(message), "{config} should be refused with '{message}', got: {err}");
+    }
+    assert!(p.err(&["service", "create", "x", "--model", "nope"]).contains("model 'nope'"));
+    assert!(p.err(&["service", "create", "Bad/Name", "--model", "mlp-small"]).contains("is not valid"));
+    assert_eq!(p.json(&["service", "list"]), json!([]), "nothing was created");
+
+    p.service("a", "mlp-small", None).await;
+    assert!(p.err(&["service", "create", "a", "--model", "mlp-small"]).contains("already exists"));
+    p.ok(&["endpoint", "create", "ep", "--version", "v1=a"]);
+    p.ok(&["endpoint", "version", "add", "ep", "v2=a", "--traffic", "60"]);
+    p.ok(&["endpoint", "version", "add", "ep", "sh=a", "--shadow", "10"]);
+    assert!(p.err(&["endpoint", "create", "a", "--version", "v1=a"]).contains("a service named 'a' already exists"));
+    let before = p.json(&["endpoint", "show", "ep"]);
+    for (args, message) in [
+        (vec!["add", "ep", "v3=a", "--traffic", "50"], "traffic percentiles add up to 110, more than 100"),
+        (vec!["update", "ep", "v2", "--traffic", "101"], "traffic_percentile must be within 0-100, got 101"),
+        (vec!["add", "ep", "s2=a", "--shadow", "5"], "at most one version may be a shadow, found 2"),
+        (vec!["update", "ep", "sh", "--shadow", "60"], "shadow percent must be within 0-50, got 60"),
+        (vec!["update", "ep", "sh", "--traffic", "5"], "shadow version 'sh' cannot also take live traffic"),
+        (vec!["update", "ep", "sh", "--default"], "shadow version 'sh' cannot also take live traffic"),
+        (vec!["delete", "ep", "v1"], "make another version the default first"),
+        (vec!["add", "ep", "v3=nosuch"], "service 'nosuch', which does not exist"),
+        (vec!["add", "ep", "v2=a"], "version 'v2' already exists"),
+        (vec!["update", "ep", "v7", "--traffic", "1"], "no version named 'v7'"),
+        (vec!["update", "ep", "v2", "--control", "--treatment"], "contradict"),
+        (vec!["add", "ep", "Bad/Name=a"], "is not valid"),
+    ] {
+        let mut all = vec!["endpoint", "version"];
+        all.extend(args.iter().copied());
+        let err = p.err(&all);
+        assert!(err.contains(message), "{args:?} should be refused with '{message}', got: {err}");
+    }
+    for v in ["v3", "v4", "v5"] {
+        p.ok(&["endpoint", "version", "add", "ep", &format!("{v}=a")]);
+    }
+    let full = p.json(&["endpoint", "show", "ep"]);
+    let err = p.err(&["endpoint", "version", "add", "ep", "v6=a"]);
+    assert!(err.contains("an endpoint needs 1 to 6 versions, got 7"), "{err}");
+    assert_eq!(p.json(&["endpoint", "show", "ep"]), full, "a refused change changes nothing");
+    for v in ["v3", "v4", "v5"] {
+        p.ok(&["endpoint", "version", "delete", "ep", v]);
+    }
+    let mut after = p.json(&["endpoint", "show", "ep"]);
+    after["updated_at"] = before["updated_at"].clone();
+    assert_eq!(after, before, "refused changes left the endpoint as it was");
+    assert!(p.err(&["service", "delete", "a"]).contains("is used by endpoint versions ep/v1, ep/v2, ep/sh"));
+    p.ok(&["endpoint", "delete", "ep"]);
+    p.ok(&["service", "delete", "a"]);
+    assert_eq!(p.json(&["service", "list"]), json!([]));
+}
