@@ -392,7 +392,10 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                     }
                     offsets.push((c.replica, c.offset));
                 }
-                while follow {
+                if !follow {
+                    return Ok(());
+                }
+                loop {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     for (index, offset) in offsets.iter_mut() {
                         let chunks: Vec<LogChunk> = api.get(&query(&[(*index, *offset)], Some(*index))).await?;

@@ -430,7 +430,7 @@ pub fn read_log_from(path: &Path, offset: Option<u64>) -> (u64, String) {
 pub fn is_our_replica(pid: u32, home: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let has = |s: &[u8]| args.iter().any(|a| *a == s);
+    let has = |s: &[u8]| args.contains(&s);
     let in_home = args.iter().any(|a| a.starts_with(home.as_os_str().as_encoded_bytes()));
     has(b"serve") && has(b"--addr-file") && in_home
 }
