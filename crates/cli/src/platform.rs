@@ -89,7 +89,8 @@ pub struct GatewayCmdArgs {
     /// http://127.0.0.1:8001].
     #[arg(long, env = "SLUICE_CONTROL_URL")]
     pub control_url: Option<String>,
-    /// File holding the control plane's admin credential [default: in the data directory].
+    /// File holding the control plane's gateway credential, which can only read the routing
+    /// configuration [default: control/gateway-token in the data directory].
     #[arg(long, env = "SLUICE_CONTROL_TOKEN_FILE")]
     pub control_token_file: Option<PathBuf>,
     #[command(flatten)]
@@ -176,7 +177,7 @@ pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_owned()
         }
-        None => sluice_control::read_admin_token(home)?,
+        None => sluice_control::read_gateway_token(home)?,
     };
     let url = match args.control_url {
         Some(url) => url.trim_end_matches('/').to_owned(),

@@ -553,6 +553,14 @@ async fn auth_matrix() {
     let control = &p.control.as_ref().expect("control").url;
     assert_eq!(status(c, &format!("{control}/v1/services"), None).await.0, 401);
     assert_eq!(status(c, &format!("{control}/v1/services"), Some(primary)).await.0, 401);
+    // Gateways read the routing configuration with their own credential, which can do nothing
+    // else, and the configuration carries key digests, never keys.
+    let gateway_token = std::fs::read_to_string(p.home.path().join("control/gateway-token")).expect("gateway token");
+    assert_eq!(status(c, &format!("{control}/v1/services"), Some(gateway_token.trim())).await.0, 401);
+    let (code, config) = status(c, &format!("{control}/v1/gateway/config"), Some(gateway_token.trim())).await;
+    assert_eq!(code, 200);
+    let current = p.key("keyed");
+    assert!(config.contains("keyed") && !config.contains(&current) && !config.contains(secondary), "{config}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(p.home.path().join("control/admin-token")).expect("admin token").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

@@ -1,5 +1,6 @@
-//! The admin HTTP API. Everything under `/v1` needs the admin credential, except `/v1/health`;
-//! the token verification keys are public at `/.well-known/jwks.json`.
+//! The admin HTTP API. Everything under `/v1` needs the admin credential, except `/v1/health` and
+//! `/v1/gateway/config`, which gateways read with their own, read-only credential; the token
+//! verification keys are public at `/.well-known/jwks.json`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +58,6 @@ type Result<T> = std::result::Result<T, ControlError>;
 /// The admin API router.
 pub fn router(cp: Arc<ControlPlane>) -> Router {
     let admin = Router::new()
-        .route("/v1/gateway/config", get(gateway_config))
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(show_service).patch(update_service).delete(delete_service))
         .route("/v1/services/{name}/logs", get(service_logs))
@@ -72,6 +72,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { StatusCode::OK }))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/gateway/config", get(gateway_config))
         .merge(admin)
         .with_state(cp)
 }
@@ -103,7 +104,20 @@ struct ConfigQuery {
 
 /// Long poll: answers at once when the configuration differs from `after`, else waits up to
 /// `wait_ms` for a change and answers 304.
-async fn gateway_config(State(cp): State<Arc<ControlPlane>>, Query(q): Query<ConfigQuery>) -> Response {
+async fn gateway_config(
+    State(cp): State<Arc<ControlPlane>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<ConfigQuery>,
+) -> Response {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| sluice_auth::bearer_credential(v.as_bytes()));
+    if !presented.is_some_and(|t| cp.may_read_gateway_config(t)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({ "error": "the gateway configuration needs the gateway credential (control/gateway-token in the data directory)" })),
+        )
+            .into_response();
+    }
     let wait = Duration::from_millis(q.wait_ms.min(60_000));
     match cp.gateway_config(q.after, wait).await {
         Some(config) => Json(config.as_ref().clone()).into_response(),

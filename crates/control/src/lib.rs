@@ -25,7 +25,9 @@ use tokio::sync::watch;
 
 pub use api::router;
 pub use model::*;
-pub use secrets::{admin_token_path, control_url_path, read_admin_token, write_control_url};
+pub use secrets::{
+    admin_token_path, control_url_path, gateway_token_path, read_admin_token, read_gateway_token, write_control_url,
+};
 use store::Store;
 use supervisor::Group;
 
@@ -76,6 +78,7 @@ pub struct ControlPlane {
     runtimes: Mutex<HashMap<String, ServiceRuntime>>,
     signer: TokenSigner,
     admin_token: String,
+    gateway_token: String,
     config_tx: watch::Sender<Arc<GatewayConfig>>,
     generation: AtomicU64,
     http: reqwest::Client,
@@ -123,7 +126,8 @@ impl ControlPlane {
     /// ready, so a gateway that kept serving through the outage loses nothing.
     pub fn start(settings: ControlSettings) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&settings.home)?;
-        let admin_token = secrets::admin_token(&settings.home)?;
+        let admin_token = secrets::credential(&settings.home, &secrets::admin_token_path(&settings.home))?;
+        let gateway_token = secrets::credential(&settings.home, &secrets::gateway_token_path(&settings.home))?;
         let signer = secrets::signing_key(&settings.home)?;
         let mut store = Store::open(&settings.home)?;
         let stale = store.take_replica_pids()?;
@@ -137,6 +141,7 @@ impl ControlPlane {
             runtimes: Mutex::new(HashMap::new()),
             signer,
             admin_token,
+            gateway_token,
             config_tx: watch::channel(Arc::new(GatewayConfig::default())).0,
             generation: AtomicU64::new(generation),
             http,
@@ -160,6 +165,12 @@ impl ControlPlane {
     /// Constant-time check of the admin credential.
     pub fn is_admin(&self, presented: &str) -> bool {
         sluice_auth::constant_time_str_eq(presented, &self.admin_token)
+    }
+
+    /// Constant-time check of a credential that may read the gateway configuration: the gateway
+    /// credential or the admin one.
+    pub fn may_read_gateway_config(&self, presented: &str) -> bool {
+        sluice_auth::constant_time_str_eq(presented, &self.gateway_token) | self.is_admin(presented)
     }
 
     /// The public keys that verify issued tokens.

@@ -1,5 +1,6 @@
 //! Secrets in the data directory, readable by the owner only: the admin credential the CLI uses,
-//! and the token signing key. Both are created on first start and kept across restarts.
+//! the gateway credential (it can only read the routing configuration, so a gateway never holds
+//! the admin credential), and the token signing key. All are created on first start and kept.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -20,6 +21,11 @@ pub fn admin_token_path(home: &Path) -> PathBuf {
     home.join("control").join("admin-token")
 }
 
+/// Where the gateway credential lives.
+pub fn gateway_token_path(home: &Path) -> PathBuf {
+    home.join("control").join("gateway-token")
+}
+
 /// Where a running control plane writes its URL, so the CLI finds it without flags.
 pub fn control_url_path(home: &Path) -> PathBuf {
     home.join("control").join("url")
@@ -27,7 +33,15 @@ pub fn control_url_path(home: &Path) -> PathBuf {
 
 /// Reads the admin credential for the CLI.
 pub fn read_admin_token(home: &Path) -> anyhow::Result<String> {
-    let path = admin_token_path(home);
+    read_secret(&admin_token_path(home))
+}
+
+/// Reads the gateway credential for `sluice gateway`.
+pub fn read_gateway_token(home: &Path) -> anyhow::Result<String> {
+    read_secret(&gateway_token_path(home))
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "cannot read the admin credential {} (has `sluice control` or `sluice up` run with this data directory?)",
@@ -53,14 +67,13 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin credential, created on first start.
-pub(crate) fn admin_token(home: &Path) -> anyhow::Result<String> {
+/// A credential at `path`, created on first start.
+pub(crate) fn credential(home: &Path, path: &Path) -> anyhow::Result<String> {
     control_dir(home)?;
-    let path = admin_token_path(home);
     if !path.exists() {
-        write_private(&path, sluice_auth::generate_key().as_bytes())?;
+        write_private(path, sluice_auth::generate_key().as_bytes())?;
     }
-    read_admin_token(home)
+    read_secret(path)
 }
 
 /// The token signing key, created on first start.

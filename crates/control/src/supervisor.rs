@@ -143,7 +143,6 @@ impl Group {
         }
         let ready = self.replicas.iter().filter(|r| r.is_ready()).count();
         if ready == self.replicas.len() {
-            self.ever_healthy.store(true, Ordering::Relaxed);
             return (ServiceState::Healthy, None);
         }
         let progress = format!("{ready} of {} replicas ready", self.replicas.len());
@@ -322,6 +321,10 @@ async fn supervise(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     replica.ready.store(true, Ordering::Release);
+    if group.all_ready() {
+        // Remembered now, so that a replica lost later reads as Unhealthy, not as starting.
+        group.ever_healthy.store(true, Ordering::Relaxed);
+    }
     tracing::info!(service = %group.plan.service, replica = replica.index, %address, "replica ready");
     cp.replica_ready(&group.plan.service);
 
