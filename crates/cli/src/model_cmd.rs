@@ -11,12 +11,20 @@ use crate::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
-    /// Register an ONNX file as the next version of NAME (versions are 1, 2, 3...).
+    /// Register a model file as the next version of NAME (versions are 1, 2, 3...).
     Register {
         /// Model name: letters, digits, '.', '_' and '-'.
         name: String,
-        /// Path of the .onnx file.
+        /// The model file: an .onnx graph, a TorchScript archive, or a plugin's artifact.
         path: PathBuf,
+        /// onnx, torchscript or plugin [default: detected from the file; plugin is never guessed].
+        #[arg(long)]
+        format: Option<String>,
+        /// Model config (JSON): "signature" {inputs, outputs} for TorchScript, which does not record
+        /// it; "plugin": {"library": "/path/libvendor.so", "options": {...}} for plugin models,
+        /// whose library is opened to check it and to ask for the signature.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Free-text description.
         #[arg(long, default_value = "")]
         description: String,
@@ -48,9 +56,26 @@ pub enum ModelCommand {
 pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
     let mut registry = Registry::open(home).with_context(|| format!("opening the registry in {}", home.display()))?;
     match cmd {
-        ModelCommand::Register { name, path, description, tags, output } => {
+        ModelCommand::Register { name, path, format, config, description, tags, output } => {
             let tags = tags.iter().map(|t| parse_tag(t)).collect::<Result<BTreeMap<_, _>, _>>()?;
-            let mv = registry.register(&name, &path, RegisterOptions { description, tags })?;
+            let format = format.map(|f| f.parse()).transpose()?;
+            let mut config = match &config {
+                Some(p) => Some(
+                    serde_json::from_str::<serde_json::Value>(
+                        &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+                    )
+                    .with_context(|| format!("{} is not valid JSON", p.display()))?,
+                ),
+                None => None,
+            };
+            let signature = match format {
+                Some(sluice_registry::ModelFormat::Plugin) => {
+                    Some(crate::plugins::describe(&path, config.as_mut()).context("checking the plugin")?)
+                }
+                _ => None,
+            };
+            let options = RegisterOptions { description, tags, format, config, signature };
+            let mv = registry.register(&name, &path, options)?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&mv)?),
                 Output::Table => println!("registered {}:{} (sha256 {})", mv.name, mv.version, &mv.sha256[..12]),

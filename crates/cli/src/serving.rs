@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sluice_backend_ort::{OrtBackend, OrtOptions};
 use sluice_core::{Backend, DeploymentConfig, Device};
-use sluice_registry::{ModelRef, Registry};
+use sluice_registry::{ModelFormat, ModelRef, Registry};
 use sluice_runtime::{BatchConfig, Execution, ModelConfig, ModelHandle};
 use sluice_server::{AppState, Repository, ServerConfig};
 
@@ -108,11 +108,13 @@ pub struct ServeArgs {
     pub tuning: TuningArgs,
 }
 
-/// A model to load: where its bytes are and what to call it.
+/// A model to load: where its bytes are, what to call it, and how to run it.
 struct ModelSource {
     name: String,
     version: String,
     path: PathBuf,
+    format: ModelFormat,
+    config: Option<serde_json::Value>,
 }
 
 fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
@@ -126,7 +128,13 @@ fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .ok_or_else(|| anyhow::anyhow!("cannot name a model after {}", path.display()))?;
-                return Ok(ModelSource { name: name.to_owned(), version: "1".into(), path: path.to_path_buf() });
+                return Ok(ModelSource {
+                    name: name.to_owned(),
+                    version: "1".into(),
+                    path: path.to_path_buf(),
+                    format: ModelFormat::Onnx,
+                    config: None,
+                });
             }
             if spec.ends_with(".onnx") || spec.contains('/') {
                 bail!("model file {spec} does not exist");
@@ -137,7 +145,13 @@ fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
             }
             let registry = registry.as_ref().expect("opened above");
             let mv = registry.resolve(&reference).with_context(|| format!("cannot serve {spec}"))?;
-            Ok(ModelSource { name: mv.name, version: mv.version.to_string(), path: mv.artifact_path })
+            Ok(ModelSource {
+                name: mv.name,
+                version: mv.version.to_string(),
+                path: mv.artifact_path,
+                format: mv.format,
+                config: mv.config,
+            })
         })
         .collect()
 }
@@ -258,7 +272,8 @@ fn load_settings(tuning: &TuningArgs, sources: &[ModelSource]) -> anyhow::Result
     Ok(Settings { deploy, per_model })
 }
 
-/// Loads every model and returns the repository to serve.
+/// Loads every model and returns the repository to serve. A model that fails to load is logged
+/// and answered with 503 naming the reason, while the others serve; if none loads, this fails.
 fn load_models(
     home: &Path,
     tuning: &TuningArgs,
@@ -266,27 +281,65 @@ fn load_models(
     sources: Vec<ModelSource>,
 ) -> anyhow::Result<Repository> {
     let (deploy, overrides) = (&settings.deploy, &settings.per_model);
-    let library = sluice_backend_ort::locate_or_provision(tuning.ort_lib.as_deref(), home)?;
-    let env = sluice_backend_ort::init(&library)?;
+    // ONNX Runtime is provisioned only when an ONNX model is served.
+    let mut ort_env = None;
     let mut repository = Repository::default();
+    let mut failures = Vec::new();
+    let total = sources.len();
     for source in sources {
         let merged = overrides.get(&source.name).cloned().unwrap_or_default().or(deploy);
         let (config, options) = model_config(tuning, &merged).with_context(|| format!("model {}", source.name))?;
         let started = Instant::now();
         let instances = config.instance_count;
-        let handle = ModelHandle::start(&source.name, &source.version, config, |_| {
-            OrtBackend::load(env, &source.path, &options).map(|b| Box::new(b) as Box<dyn Backend>)
-        })
-        .with_context(|| format!("loading {}:{}", source.name, source.version))?;
-        tracing::info!(
-            model = %source.name,
-            version = %source.version,
-            instances,
-            intra_op_threads = options.intra_op_threads,
-            load_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        repository.insert(handle).map_err(anyhow::Error::msg)?;
+        let loaded = match source.format {
+            ModelFormat::Onnx => {
+                if ort_env.is_none() {
+                    let library = sluice_backend_ort::locate_or_provision(tuning.ort_lib.as_deref(), home)?;
+                    ort_env = Some(sluice_backend_ort::init(&library)?);
+                }
+                let env = ort_env.expect("initialised above; this is a bug");
+                ModelHandle::start(&source.name, &source.version, config, |_| {
+                    OrtBackend::load(env, &source.path, &options).map(|b| Box::new(b) as Box<dyn Backend>)
+                })
+                .map_err(anyhow::Error::from)
+            }
+            ModelFormat::Plugin => {
+                crate::plugins::PluginConfig::from_config(source.config.as_ref()).and_then(|plugin| {
+                    let library = sluice_backend_plugin::PluginLibrary::open(&plugin.library)?;
+                    ModelHandle::start(&source.name, &source.version, config, |_| {
+                        sluice_backend_plugin::PluginBackend::load(library.clone(), &source.path, &plugin.options)
+                            .map(|b| Box::new(b) as Box<dyn Backend>)
+                    })
+                    .map_err(anyhow::Error::from)
+                })
+            }
+            ModelFormat::Torchscript => Err(anyhow::anyhow!(
+                "TorchScript models need a build with the `torch` feature (libtorch); this build has ONNX Runtime and plugins"
+            )),
+        };
+        match loaded {
+            Ok(handle) => {
+                tracing::info!(
+                    model = %source.name,
+                    version = %source.version,
+                    format = %source.format,
+                    instances,
+                    intra_op_threads = options.intra_op_threads,
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "model loaded"
+                );
+                repository.insert(handle).map_err(anyhow::Error::msg)?;
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(model = %source.name, version = %source.version, error = %reason, "model failed to load; serving the others");
+                failures.push(format!("{}:{}: {reason}", source.name, source.version));
+                repository.insert_failed(&source.name, reason);
+            }
+        }
+    }
+    if failures.len() == total {
+        bail!("no model could be loaded: {}", failures.join("; "));
     }
     Ok(repository)
 }

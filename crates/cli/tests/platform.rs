@@ -726,3 +726,39 @@ async fn contradictions_and_invalid_changes_are_refused_by_name() {
     p.ok(&["service", "delete", "a"]);
     assert_eq!(p.json(&["service", "list"]), json!([]));
 }
+
+#[tokio::test]
+async fn a_plugin_model_deploys_as_a_service() {
+    let p = Platform::start(&[]).await;
+    let model = p.write("fpga.json", &common::PluginMlp::new().json);
+    let config =
+        p.write("fpga-config.json", &json!({ "plugin": { "library": common::example_plugin(), "options": {} } }));
+    p.ok(&[
+        "model",
+        "register",
+        "fpga",
+        model.to_str().expect("utf8"),
+        "--format",
+        "plugin",
+        "--config",
+        config.to_str().expect("utf8"),
+    ]);
+    p.service("accel", "fpga", Some(json!({ "num_replicas": 2 }))).await;
+    let key = p.key("accel");
+    let rows = [[0.5, -1.0, 2.0, 0.25]];
+    let r = p
+        .client
+        .post(format!("{}/services/accel/score", p.gateway_url()))
+        .bearer_auth(&key)
+        .json(&json!({ "data": rows }))
+        .send()
+        .await
+        .expect("score");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    let want = common::PluginMlp::new().forward(&rows);
+    let got = body["outputs"]["y"][0].as_array().expect("row");
+    for (g, w) in got.iter().zip(&want[0]) {
+        assert!((g.as_f64().expect("f64") - w).abs() < 0.05, "{body} vs {want:?}");
+    }
+}

@@ -1,6 +1,8 @@
 //! The model registry: named, versioned model artifacts in an embedded SQLite store, with the
-//! bytes kept once per content hash under `<home>/artifacts/sha256/`. Registration reads the
-//! model's signature from the file, so a corrupt or non-model file is refused before it is stored.
+//! bytes kept once per content hash under `<home>/artifacts/sha256/`. Registration detects the
+//! format (ONNX, TorchScript, or an accelerator plugin's artifact) and records the model's
+//! signature: read from an ONNX file, so a corrupt or non-model file is refused before it is
+//! stored; given in the model's config for formats whose files do not record it.
 #![forbid(unsafe_code)]
 
 mod onnx;
@@ -25,6 +27,12 @@ pub enum RegistryError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     NotAModel { path: PathBuf, source: OnnxError },
+    #[error("{0}: not a TorchScript archive (a TorchScript file is a zip written by torch.jit.save)")]
+    NotTorchScript(PathBuf),
+    #[error("{format} files do not record their inputs and outputs: give \"signature\" in the model config")]
+    MissingSignature { format: ModelFormat },
+    #[error("invalid model config: {0}")]
+    InvalidConfig(String),
     #[error("model '{0}' is not registered")]
     UnknownModel(String),
     #[error("model '{name}' has no version {version}")]
@@ -96,13 +104,63 @@ pub fn parse_tag(s: &str) -> Result<(String, String)> {
     }
 }
 
+/// How a model's artifact is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// An ONNX graph, run by ONNX Runtime.
+    Onnx,
+    /// A TorchScript archive, run by libtorch (builds with the `torch` feature).
+    Torchscript,
+    /// A file an accelerator plugin understands; the model config names the plugin library.
+    Plugin,
+}
+
+impl ModelFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFormat::Onnx => "onnx",
+            ModelFormat::Torchscript => "torchscript",
+            ModelFormat::Plugin => "plugin",
+        }
+    }
+
+    /// The format of a file by its contents: TorchScript archives are zip files; anything else is
+    /// taken for ONNX (and refused at registration if it is not). Plugin artifacts are whatever
+    /// their plugin reads, so they are never guessed.
+    pub fn detect(bytes: &[u8]) -> ModelFormat {
+        if bytes.starts_with(b"PK\x03\x04") { ModelFormat::Torchscript } else { ModelFormat::Onnx }
+    }
+}
+
+impl fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ModelFormat {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "onnx" => Ok(ModelFormat::Onnx),
+            "torchscript" => Ok(ModelFormat::Torchscript),
+            "plugin" => Ok(ModelFormat::Plugin),
+            other => Err(RegistryError::InvalidConfig(format!(
+                "unknown model format '{other}' (expected onnx, torchscript or plugin)"
+            ))),
+        }
+    }
+}
+
 /// One registered model version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelVersion {
     pub name: String,
     pub version: u32,
-    /// Artifact format; `onnx` for now, TorchScript and plugins to follow.
-    pub format: String,
+    /// How the artifact is run.
+    pub format: ModelFormat,
     pub sha256: String,
     pub size_bytes: u64,
     pub description: String,
@@ -112,6 +170,10 @@ pub struct ModelVersion {
     pub created_at: String,
     /// Where the artifact's bytes live.
     pub artifact_path: PathBuf,
+    /// The model config given at registration: `signature` for formats that do not record one,
+    /// `plugin: {library, options}` for plugin models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
 }
 
 /// Optional metadata given at registration.
@@ -119,6 +181,13 @@ pub struct ModelVersion {
 pub struct RegisterOptions {
     pub description: String,
     pub tags: BTreeMap<String, String>,
+    /// The format; detected from the file when `None`.
+    pub format: Option<ModelFormat>,
+    /// The model config (a JSON object), stored with the version.
+    pub config: Option<serde_json::Value>,
+    /// The signature, for formats whose files do not record it, when the caller learnt it
+    /// otherwise (a plugin describes its models); else the config's `signature` is used.
+    pub signature: Option<ModelSignature>,
 }
 
 /// The registry under one data directory.
@@ -161,6 +230,12 @@ impl Registry {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        // Databases written before model configs existed gain the column.
+        let has_config: bool =
+            conn.prepare("SELECT 1 FROM pragma_table_info('model_versions') WHERE name = 'config'")?.exists([])?;
+        if !has_config {
+            conn.execute_batch("ALTER TABLE model_versions ADD COLUMN config TEXT")?;
+        }
         Ok(Registry { conn, artifacts })
     }
 
@@ -172,7 +247,7 @@ impl Registry {
 
     fn register_file(&mut self, name: &str, file: &ModelFile, options: RegisterOptions) -> Result<ModelVersion> {
         validate_name(name)?;
-        let artifact = self.store_artifact(file)?;
+        let artifact = self.store_artifact(file, &options)?;
         let tx = self.conn.transaction()?;
         let next: u32 = tx
             .query_row("SELECT next_version FROM model_names WHERE name = ?1", [name], |r| r.get(0))
@@ -184,16 +259,18 @@ impl Registry {
             params![name, next + 1],
         )?;
         tx.execute(
-            "INSERT INTO model_versions(name, version, format, sha256, size_bytes, description, tags, signature, created_at)
-             VALUES (?1, ?2, 'onnx', ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            "INSERT INTO model_versions(name, version, format, sha256, size_bytes, description, tags, signature, config, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
             params![
                 name,
                 next,
+                artifact.format.as_str(),
                 artifact.sha256,
                 artifact.size as i64,
                 options.description,
                 serde_json::to_string(&options.tags)?,
                 serde_json::to_string(&artifact.signature)?,
+                options.config.as_ref().map(serde_json::to_string).transpose()?,
             ],
         )?;
         tx.commit()?;
@@ -288,11 +365,14 @@ impl Registry {
         let tags: String = r.get(6)?;
         let signature: String = r.get(7)?;
         let size: i64 = r.get(4)?;
+        let format: String = r.get(2)?;
+        let config: Option<String> = r.get(9)?;
         Ok((|| {
             Ok(ModelVersion {
                 name: r.get(0)?,
                 version: r.get(1)?,
-                format: r.get(2)?,
+                format: format.parse()?,
+                config: config.map(|c| serde_json::from_str(&c)).transpose()?,
                 artifact_path: self.artifacts.join(&sha256),
                 sha256,
                 size_bytes: size as u64,
@@ -305,10 +385,46 @@ impl Registry {
     }
 
     /// Validates the file and copies it into the content-addressed store (once per content).
-    fn store_artifact(&self, file: &ModelFile) -> Result<StoredArtifact> {
+    fn store_artifact(&self, file: &ModelFile, options: &RegisterOptions) -> Result<StoredArtifact> {
         let (path, bytes, sha256) = (&file.path, &file.bytes, file.sha256.clone());
-        let signature =
-            read_signature(bytes).map_err(|source| RegistryError::NotAModel { path: path.clone(), source })?;
+        let format = options.format.unwrap_or_else(|| ModelFormat::detect(bytes));
+        if let Some(config) = &options.config
+            && !config.is_object()
+        {
+            return Err(RegistryError::InvalidConfig("the model config must be a JSON object".into()));
+        }
+        let given = || -> Result<ModelSignature> {
+            if let Some(s) = &options.signature {
+                return Ok(s.clone());
+            }
+            let from_config = options.config.as_ref().and_then(|c| c.get("signature"));
+            let s = from_config.ok_or(RegistryError::MissingSignature { format })?;
+            serde_json::from_value(s.clone()).map_err(|e| RegistryError::InvalidConfig(format!("signature: {e}")))
+        };
+        let signature = match format {
+            ModelFormat::Onnx => {
+                read_signature(bytes).map_err(|source| RegistryError::NotAModel { path: path.clone(), source })?
+            }
+            ModelFormat::Torchscript => {
+                if ModelFormat::detect(bytes) != ModelFormat::Torchscript {
+                    return Err(RegistryError::NotTorchScript(path.clone()));
+                }
+                given()?
+            }
+            ModelFormat::Plugin => {
+                let library =
+                    options.config.as_ref().and_then(|c| c.pointer("/plugin/library")).and_then(|l| l.as_str());
+                if library.is_none() {
+                    return Err(RegistryError::InvalidConfig(
+                        "a plugin model's config needs \"plugin\": {\"library\": PATH, \"options\": {...}}".into(),
+                    ));
+                }
+                given()?
+            }
+        };
+        if signature.inputs.is_empty() || signature.outputs.is_empty() {
+            return Err(RegistryError::InvalidConfig("the signature needs at least one input and one output".into()));
+        }
         let dest = self.artifacts.join(&sha256);
         if !dest.exists() {
             // Write to a temporary file in the same folder, sync, then rename: a crash never leaves
@@ -318,7 +434,7 @@ impl Registry {
             tmp.as_file().sync_all()?;
             tmp.persist(&dest).map_err(|e| e.error)?;
         }
-        Ok(StoredArtifact { sha256, size: bytes.len() as u64, signature })
+        Ok(StoredArtifact { sha256, size: bytes.len() as u64, signature, format })
     }
 }
 
@@ -341,7 +457,7 @@ struct StoredArtifact {
     sha256: String,
     size: u64,
     signature: ModelSignature,
+    format: ModelFormat,
 }
 
-const SELECT: &str =
-    "SELECT name, version, format, sha256, size_bytes, description, tags, signature, created_at FROM model_versions";
+const SELECT: &str = "SELECT name, version, format, sha256, size_bytes, description, tags, signature, created_at, config FROM model_versions";

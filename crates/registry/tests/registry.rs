@@ -17,8 +17,11 @@ fn artifacts(home: &Path) -> usize {
 fn versions_count_up_and_identical_bytes_are_stored_once() {
     let home = tempfile::tempdir().expect("tempdir");
     let mut reg = Registry::open(home.path()).expect("open");
-    let opts =
-        RegisterOptions { description: "small mlp".into(), tags: [("team".to_owned(), "search".to_owned())].into() };
+    let opts = RegisterOptions {
+        description: "small mlp".into(),
+        tags: [("team".to_owned(), "search".to_owned())].into(),
+        ..Default::default()
+    };
     let v1 = reg.register("mlp", &model("mlp-small"), opts.clone()).expect("register");
     let v2 = reg.register("mlp", &model("mlp-small"), RegisterOptions::default()).expect("register");
     let v3 = reg.register("mlp", &model("mlp-large"), RegisterOptions::default()).expect("register");

@@ -12,6 +12,9 @@ use crate::error::ApiError;
 #[derive(Debug, Default)]
 pub struct Repository {
     models: BTreeMap<String, BTreeMap<VersionKey, Arc<ModelHandle>>>,
+    /// Models that failed to load, with the reason: requests for them get 503 naming it, while
+    /// the other models serve.
+    failed: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,8 +39,16 @@ impl Repository {
         Ok(())
     }
 
+    /// Records a model that could not be loaded.
+    pub fn insert_failed(&mut self, name: &str, reason: String) {
+        self.failed.insert(name.to_owned(), reason);
+    }
+
     /// The named version, or the latest when `version` is `None`.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<&Arc<ModelHandle>, ApiError> {
+        if let (None, Some(reason)) = (self.models.get(name), self.failed.get(name)) {
+            return Err(ApiError::NotReady(format!("model '{name}' failed to load: {reason}")));
+        }
         let versions = self.models.get(name).ok_or_else(|| ApiError::UnknownModel {
             name: name.to_owned(),
             serving: self.models.keys().cloned().collect::<Vec<_>>().join(", "),

@@ -89,3 +89,75 @@ pub fn signal(pid: u32, name: &str) {
     let ok = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill runs");
     assert!(ok.success(), "kill -{name} {pid}");
 }
+
+/// The example accelerator plugin (`crates/plugin-example`), built once if this test run has not
+/// built it yet.
+pub fn example_plugin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin_dir = Path::new(env!("CARGO_BIN_EXE_sluice")).parent().expect("target dir").to_path_buf();
+            let lib = bin_dir.join("libsluice_plugin_example.so");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "-q", "-p", "sluice-plugin-example"]).current_dir(workspace());
+            if bin_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            // Cheap when it is up to date; makes sure the library matches this source tree.
+            assert!(build.status().expect("cargo runs").success(), "building the example plugin");
+            assert!(lib.is_file(), "{} was not built", lib.display());
+            lib
+        })
+        .clone()
+}
+
+/// A small MLP for the example plugin (4 -> 3 relu -> 2) and its floating-point forward pass.
+pub struct PluginMlp {
+    pub json: serde_json::Value,
+}
+
+impl PluginMlp {
+    pub fn new() -> Self {
+        PluginMlp {
+            json: serde_json::json!({
+                "input": "x", "output": "y",
+                "layers": [
+                    { "weights": [[0.5, -0.25, 0.125, 1.0], [-1.0, 0.5, 0.75, 0.25], [0.3, 0.3, -0.6, 0.1]],
+                      "bias": [0.1, -0.2, 0.05], "relu": true },
+                    { "weights": [[1.0, -0.5, 0.25], [0.5, 0.5, -1.0]], "bias": [0.0, 0.3], "relu": false }
+                ]
+            }),
+        }
+    }
+
+    /// The float answer for each row of `x`.
+    pub fn forward(&self, x: &[[f64; 4]]) -> Vec<Vec<f64>> {
+        let layers = self.json["layers"].as_array().expect("layers");
+        x.iter()
+            .map(|row| {
+                let mut a: Vec<f64> = row.to_vec();
+                for l in layers {
+                    let w = l["weights"].as_array().expect("weights");
+                    let b = l["bias"].as_array().expect("bias");
+                    a = w
+                        .iter()
+                        .zip(b)
+                        .map(|(wr, bv)| {
+                            let s: f64 = wr
+                                .as_array()
+                                .expect("row")
+                                .iter()
+                                .zip(&a)
+                                .map(|(w, x)| w.as_f64().expect("f64") * x)
+                                .sum();
+                            let v = s + bv.as_f64().expect("f64");
+                            if l["relu"] == true { v.max(0.0) } else { v }
+                        })
+                        .collect();
+                }
+                a
+            })
+            .collect()
+    }
+}
