@@ -22,6 +22,7 @@ TARGETS = [  # (target, pair, label)
     ("nginx", "open", "nginx → B"),
 ]
 P50_BUDGET_US = 50.0
+OTHER_LIMIT_CORES = 0.25
 
 
 def to_us(value, unit):
@@ -70,7 +71,16 @@ def cmd_row(wrk_out, time_out, *kvs):
     b0, t0 = (int(x) for x in kv["sys_before"].split())
     b1, t1 = (int(x) for x in kv["sys_after"].split())
     row["machine_busy"] = (b1 - b0) / max(1, t1 - t0)
+    row["busy_cpu_s"] = (b1 - b0) / clk  # all CPUs, all processes and the kernel
+    row["attempt"] = int(kv.get("attempt", 0))
     print(json.dumps(row))
+    if other_cores(row) > OTHER_LIMIT_CORES:
+        sys.exit(3)  # disturbed by other work on the machine
+
+
+def other_cores(r):
+    """CPU used during the run by everything but the proxy, the replica and wrk, in cores."""
+    return (r["busy_cpu_s"] - r["proxy_cpu_s"] - r["replica_cpu_s"] - (r["wrk_cpu_s"] or 0)) / r["duration_s"]
 
 
 def med(xs):
@@ -115,7 +125,7 @@ def cmd_report(raw_path, meta_path):
         L.append("")
     L.append("Machine: %s vCPUs (%s), shared; wrk, the Sluice gateway, nginx, the control plane and both "
              "replicas all run on the same %s cores, so every proxy competes with the replica and with wrk for CPU. "
-             "Sluice %s (git %s), ONNX Runtime %s; nginx %s; wrk %s." % (
+             "Sluice %s built from %s; ONNX Runtime %s; nginx %s; wrk %s." % (
                  meta["cpus"], meta["cpu_model"], meta["cpus"], meta["sluice"].replace("sluice ", ""),
                  meta["git"], "1.31.1" if "1.31.1" in meta["ort"] else meta["ort"], meta["nginx"], meta["wrk"]))
     L.append("")
@@ -149,16 +159,34 @@ def cmd_report(raw_path, meta_path):
             cells.append("%s / %s" % ("%.0f" % r1[0]["p50_us"] if r1 else "-", "%.0f" % r64[0]["rps"] if r64 else "-"))
         L.append("| %d | %s |" % (rd, " | ".join(cells)))
     L.append("")
-    L.append("CPU at c=64 (ms of CPU per 1000 requests, median over rounds; from /proc utime+stime of the "
-             "processes, so 10 ms granularity per run) and how busy the whole machine was during those runs:")
+    def other(t, p, c):  # CPU of everything else (other processes, kernel softirq), in cores
+        return med([other_cores(r) for r in by.get((t, p, c), [])])
+
+    L.append("CPU (ms of CPU per 1000 requests, median over rounds, from /proc utime+stime of the processes, 10 ms "
+             "granularity per run), how busy the whole machine was, and the CPU used by everything else (other "
+             "processes on the shared machine, kernel softirq time; in cores, averaged over the run):")
     L.append("")
-    L.append("| target | proxy | replica | wrk | machine busy |")
-    L.append("|---|---:|---:|---:|---:|")
+    L.append("| target | c=1 proxy | c=1 replica | c=64 proxy | c=64 replica | c=64 wrk | c=64 machine busy | c=64 other |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for t, p, label in TARGETS:
-        proxy = "-" if t == "direct" else "%.1f" % per_kreq_ms(t, p, 64, "proxy_cpu_s")
-        L.append("| %s | %s | %.1f | %.1f | %.0f%% |" % (
-            label, proxy, per_kreq_ms(t, p, 64, "replica_cpu_s"), per_kreq_ms(t, p, 64, "wrk_cpu_s"),
-            100 * m(t, p, 64, "machine_busy")))
+        proxy1 = "-" if t == "direct" else "%.1f" % per_kreq_ms(t, p, 1, "proxy_cpu_s")
+        proxy64 = "-" if t == "direct" else "%.1f" % per_kreq_ms(t, p, 64, "proxy_cpu_s")
+        L.append("| %s | %s | %.1f | %s | %.1f | %.1f | %.0f%% | %.2f |" % (
+            label, proxy1, per_kreq_ms(t, p, 1, "replica_cpu_s"), proxy64, per_kreq_ms(t, p, 64, "replica_cpu_s"),
+            per_kreq_ms(t, p, 64, "wrk_cpu_s"), 100 * m(t, p, 64, "machine_busy"), other(t, p, 64)))
+    L.append("")
+    redone = [r for r in rows if r.get("attempt", 0) > 0]
+    if redone:
+        L.append("Measured again because other work used more than %.2f cores during the first try: %s." % (
+            OTHER_LIMIT_CORES, ", ".join("r%d %s %s c=%d (try %d kept)" % (
+                r["round"], r["target"], "A" if r["pair"] == "key" else "B", r["conc"], r["attempt"] + 1) for r in redone)))
+    disturbed = [r for r in rows if other_cores(r) > OTHER_LIMIT_CORES]
+    if disturbed:
+        L.append("Runs during which everything else used more than %.2f cores (possibly disturbed by other work on "
+                 "the machine): %s." % (OTHER_LIMIT_CORES, ", ".join("r%d %s %s c=%d" % (
+                     r["round"], r["target"], "A" if r["pair"] == "key" else "B", r["conc"]) for r in disturbed)))
+    else:
+        L.append("In no run kept here did everything else use more than %.2f cores." % OTHER_LIMIT_CORES)
     L.append("")
 
     # Ratios and targets.
@@ -210,6 +238,9 @@ def cmd_report(raw_path, meta_path):
                  m("gateway", "key", 1, "p50_us") - m("direct", "key", 1, "p50_us"),
                  m("gateway", "open", 1, "p50_us") - m("direct", "open", 1, "p50_us"),
                  m("nginx", "key", 1, "p50_us") - m("direct", "key", 1, "p50_us")))
+    rep1 = med([r["replica_cpu_s"] / r["duration_s"] for r in by.get(("direct", "key", 1), [])])
+    L[-1] += (" Even at c=1 replica A used %.2f cores while serving directly, so with one request in flight the "
+              "proxy, wrk and the replica already share the %s vCPUs." % (rep1, meta["cpus"]))
     print("\n".join(L))
 
 

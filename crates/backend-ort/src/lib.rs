@@ -112,6 +112,28 @@ fn spec(name: &str, ty: &ValueType, what: &str) -> Result<TensorSpec, BackendErr
     }
 }
 
+/// Execution providers for a GPU, best first. Registration must fail loudly: by default ONNX
+/// Runtime falls back to the CPU without a word, and a model meant for the GPU would quietly run
+/// an order of magnitude slower.
+#[cfg(feature = "cuda")]
+fn gpu_providers(device_id: u32) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, BackendError> {
+    let id = device_id as i32;
+    let mut providers = Vec::new();
+    #[cfg(feature = "tensorrt")]
+    // TensorRT may decline a graph; CUDA then takes it.
+    providers.push(ort::ep::TensorRT::default().with_device_id(id).build());
+    providers.push(ort::ep::CUDA::default().with_device_id(id).build().error_on_failure());
+    Ok(providers)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_providers(device_id: u32) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, BackendError> {
+    Err(BackendError::Load(format!(
+        "device cuda:{device_id}: this build has no GPU execution provider (build with --features cuda and run with \
+         the onnxruntime-gpu library), or set device_fallback to \"cpu\""
+    )))
+}
+
 /// One ONNX Runtime session: one model instance.
 pub struct OrtBackend {
     session: Session,
@@ -122,23 +144,27 @@ pub struct OrtBackend {
 impl OrtBackend {
     /// Loads the model at `path` into a new session of the process environment.
     pub fn load(env: &Environment, path: &Path, options: &OrtOptions) -> Result<Self, BackendError> {
-        if options.device != Device::Cpu {
-            return Err(BackendError::Unsupported(format!(
-                "device {} needs a build with GPU support; this build runs ONNX models on cpu only",
-                options.device
-            )));
-        }
         let load_err = |e: ort::Error<_>| BackendError::Load(format!("{}: {e}", path.display()));
-        let session = Session::builder(env)
+        let builder = Session::builder(env)
             .map_err(|e| BackendError::Load(e.to_string()))?
             .with_intra_threads(options.intra_op_threads.max(1))
             .map_err(load_err)?
             .with_inter_threads(1)
             .map_err(load_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(load_err)?
-            .commit_from_file(path)
-            .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+            .map_err(load_err)?;
+        let mut builder = match options.device {
+            Device::Cpu => builder,
+            Device::Cuda(n) => builder.with_execution_providers(gpu_providers(n)?).map_err(|e| {
+                BackendError::Load(format!(
+                    "device cuda:{n}: ONNX Runtime could not start its GPU execution provider ({e}); \
+                         it needs the onnxruntime-gpu library (--ort-lib) and an NVIDIA GPU, or set \
+                         device_fallback to \"cpu\""
+                ))
+            })?,
+        };
+        let session =
+            builder.commit_from_file(path).map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
         let inputs = session.inputs().iter().map(|o| spec(o.name(), o.dtype(), "input")).collect::<Result<_, _>>()?;
         let outputs =
             session.outputs().iter().map(|o| spec(o.name(), o.dtype(), "output")).collect::<Result<_, _>>()?;

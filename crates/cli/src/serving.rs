@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use sluice_backend_ort::{OrtBackend, OrtOptions};
-use sluice_core::{Backend, DeploymentConfig, Device};
+use sluice_core::{Backend, DeploymentConfig, Device, DeviceFallback};
 use sluice_registry::{ModelFormat, ModelRef, Registry};
 use sluice_runtime::{BatchConfig, Execution, ModelConfig, ModelHandle};
 use sluice_server::{AppState, Repository, ServerConfig};
@@ -87,6 +87,7 @@ struct ModelOverrides {
     max_request_wait_time: Option<u64>,
     scoring_timeout_ms: Option<u64>,
     device: Option<String>,
+    device_fallback: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,6 +116,8 @@ struct ModelSource {
     path: PathBuf,
     format: ModelFormat,
     config: Option<serde_json::Value>,
+    /// The registered signature (what TorchScript models run with).
+    signature: sluice_core::ModelSignature,
 }
 
 fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
@@ -134,6 +137,7 @@ fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
                     path: path.to_path_buf(),
                     format: ModelFormat::Onnx,
                     config: None,
+                    signature: Default::default(),
                 });
             }
             if spec.ends_with(".onnx") || spec.contains('/') {
@@ -151,6 +155,7 @@ fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
                 path: mv.artifact_path,
                 format: mv.format,
                 config: mv.config,
+                signature: mv.signature,
             })
         })
         .collect()
@@ -173,6 +178,7 @@ impl ModelOverrides {
             max_request_wait_time: self.max_request_wait_time.or(base.max_request_wait_time),
             scoring_timeout_ms: self.scoring_timeout_ms.or(base.scoring_timeout_ms),
             device: self.device.clone().or_else(|| base.device.clone()),
+            device_fallback: self.device_fallback.clone().or_else(|| base.device_fallback.clone()),
         }
     }
 }
@@ -182,13 +188,6 @@ fn load_deploy_config(path: Option<&Path>) -> anyhow::Result<ModelOverrides> {
     let Some(path) = path else { return Ok(ModelOverrides::default()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let config = DeploymentConfig::from_json(&text).with_context(|| format!("{}", path.display()))?;
-    if config.gpu_cores.is_some_and(|n| n > 0) {
-        bail!(
-            "{}: gpu_cores is {} but this build runs models on cpu only",
-            path.display(),
-            config.gpu_cores.unwrap_or(0)
-        );
-    }
     if config.num_replicas.is_some_and(|n| n > 1) || config.autoscale_enabled == Some(true) {
         tracing::info!("num_replicas and autoscale_* apply to services; `sluice serve` is one replica");
     }
@@ -197,10 +196,12 @@ fn load_deploy_config(path: Option<&Path>) -> anyhow::Result<ModelOverrides> {
         intra_op_threads: config.intra_op_threads,
         max_batch_size: config.max_batch_size,
         max_queue_delay_us: config.max_queue_delay_us,
-        preferred_batch_sizes: config.preferred_batch_sizes,
+        preferred_batch_sizes: config.preferred_batch_sizes.clone(),
         replica_max_concurrent_requests: config.replica_max_concurrent_requests,
         max_request_wait_time: config.max_request_wait_time,
         scoring_timeout_ms: config.scoring_timeout_ms,
+        device: config.model_device(),
+        device_fallback: config.device_fallback.clone(),
         ..ModelOverrides::default()
     })
 }
@@ -211,7 +212,14 @@ fn load_overrides(path: Option<&Path>) -> anyhow::Result<BTreeMap<String, ModelO
     serde_json::from_str(&text).with_context(|| format!("invalid model config {}", path.display()))
 }
 
-fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<(ModelConfig, OrtOptions)> {
+/// How one model is loaded: runtime settings, engine options, and what to do without its GPU.
+struct LoadPlan {
+    config: ModelConfig,
+    engine: OrtOptions,
+    fallback: DeviceFallback,
+}
+
+fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<LoadPlan> {
     let defaults = ModelConfig::for_this_machine();
     let config = ModelConfig {
         instance_count: o.instance_count.or(tuning.instances).unwrap_or(defaults.instance_count),
@@ -247,10 +255,9 @@ fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<(Mode
         bail!("intra_op_threads must be at least 1");
     }
     let device: Device = o.device.as_deref().unwrap_or("cpu").parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    if device != Device::Cpu {
-        bail!("device {device} needs a build with GPU support; this build runs models on cpu only");
-    }
-    Ok((config, OrtOptions { intra_op_threads, device }))
+    let fallback: DeviceFallback =
+        o.device_fallback.as_deref().unwrap_or("fail").parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    Ok(LoadPlan { config, engine: OrtOptions { intra_op_threads, device }, fallback })
 }
 
 /// The deployment config and per-model settings, read and checked before anything starts.
@@ -288,35 +295,53 @@ fn load_models(
     let total = sources.len();
     for source in sources {
         let merged = overrides.get(&source.name).cloned().unwrap_or_default().or(deploy);
-        let (config, options) = model_config(tuning, &merged).with_context(|| format!("model {}", source.name))?;
+        let plan = model_config(tuning, &merged).with_context(|| format!("model {}", source.name))?;
         let started = Instant::now();
-        let instances = config.instance_count;
-        let loaded = match source.format {
-            ModelFormat::Onnx => {
-                if ort_env.is_none() {
-                    let library = sluice_backend_ort::locate_or_provision(tuning.ort_lib.as_deref(), home)?;
-                    ort_env = Some(sluice_backend_ort::init(&library)?);
+        let instances = plan.config.instance_count;
+        let mut load = |device: Device| -> anyhow::Result<ModelHandle> {
+            let config = plan.config.clone();
+            let engine = OrtOptions { device, ..plan.engine.clone() };
+            match source.format {
+                ModelFormat::Onnx => {
+                    if ort_env.is_none() {
+                        let library = sluice_backend_ort::locate_or_provision(tuning.ort_lib.as_deref(), home)?;
+                        ort_env = Some(sluice_backend_ort::init(&library)?);
+                    }
+                    let env = ort_env.expect("initialised above; this is a bug");
+                    Ok(ModelHandle::start(&source.name, &source.version, config, |_| {
+                        OrtBackend::load(env, &source.path, &engine).map(|b| Box::new(b) as Box<dyn Backend>)
+                    })?)
                 }
-                let env = ort_env.expect("initialised above; this is a bug");
-                ModelHandle::start(&source.name, &source.version, config, |_| {
-                    OrtBackend::load(env, &source.path, &options).map(|b| Box::new(b) as Box<dyn Backend>)
-                })
-                .map_err(anyhow::Error::from)
-            }
-            ModelFormat::Plugin => {
-                crate::plugins::PluginConfig::from_config(source.config.as_ref()).and_then(|plugin| {
+                ModelFormat::Plugin => {
+                    if device != Device::Cpu {
+                        bail!("plugin models run where their plugin puts them; device must be cpu, got {device}");
+                    }
+                    let plugin = crate::plugins::PluginConfig::from_config(source.config.as_ref())?;
                     let library = sluice_backend_plugin::PluginLibrary::open(&plugin.library)?;
-                    ModelHandle::start(&source.name, &source.version, config, |_| {
+                    Ok(ModelHandle::start(&source.name, &source.version, config, |_| {
                         sluice_backend_plugin::PluginBackend::load(library.clone(), &source.path, &plugin.options)
                             .map(|b| Box::new(b) as Box<dyn Backend>)
-                    })
-                    .map_err(anyhow::Error::from)
-                })
+                    })?)
+                }
+                ModelFormat::Torchscript => {
+                    let signature = source.signature.clone();
+                    let options =
+                        sluice_backend_torch::TorchOptions { device, intra_op_threads: engine.intra_op_threads };
+                    Ok(ModelHandle::start(&source.name, &source.version, config, |_| {
+                        sluice_backend_torch::load(&source.path, &signature, &options)
+                    })?)
+                }
             }
-            ModelFormat::Torchscript => Err(anyhow::anyhow!(
-                "TorchScript models need a build with the `torch` feature (libtorch); this build has ONNX Runtime and plugins"
-            )),
         };
+        let device = plan.engine.device;
+        let loaded = match load(device) {
+            Err(e) if device != Device::Cpu && plan.fallback == DeviceFallback::Cpu => {
+                tracing::warn!(model = %source.name, %device, error = %format!("{e:#}"), "GPU unavailable; running on cpu (device_fallback)");
+                load(Device::Cpu)
+            }
+            other => other,
+        };
+        let options = &plan.engine;
         match loaded {
             Ok(handle) => {
                 tracing::info!(

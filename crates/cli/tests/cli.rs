@@ -227,7 +227,38 @@ async fn deploy_config_is_checked_before_anything_starts_and_applied() {
             .arg(&per_model)
             .args(["--port", "0"]),
     );
-    assert!(err.contains("device cuda:0 needs a build with GPU support"), "{err}");
+    // No GPU here: loading on cuda:0 fails, and says how to get a GPU build or fall back.
+    assert!(
+        err.contains("device cuda:0") && err.contains("GPU execution provider") && err.contains("device_fallback"),
+        "{err}"
+    );
+    // With device_fallback "cpu" the model runs on the CPU, with a warning.
+    std::fs::write(&per_model, r#"{"mlp-small": {"device": "cuda:0", "device_fallback": "cpu"}}"#).expect("write");
+    let fallback = Server::start({
+        let mut c = sluice(home.path());
+        c.arg("serve").arg(model_path("mlp-small")).arg("--model-config").arg(&per_model).args(["--port", "0"]);
+        c
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/models/mlp-small/infer", fallback.url))
+        .json(&sluice_e2e::v2_request(&expected("mlp-small")))
+        .send()
+        .await
+        .expect("infer");
+    assert_eq!(r.status(), 200);
+    let (ok, stderr) = tokio::task::spawn_blocking(move || fallback.terminate()).await.expect("join");
+    assert!(ok && stderr.contains("GPU unavailable; running on cpu"), "{stderr}");
+    let bad_device = home.path().join("bad-device.json");
+    std::fs::write(&bad_device, r#"{"gpu_cores": 1, "device": "cpu", "device_fallback": "maybe"}"#).expect("write");
+    let err = run_err(
+        sluice(home.path())
+            .arg("serve")
+            .arg(model_path("mlp-small"))
+            .arg("--deploy-config")
+            .arg(&bad_device)
+            .args(["--port", "0"]),
+    );
+    assert!(err.contains("gpu_cores is above 0 but device is cpu") && err.contains("device_fallback must be"), "{err}");
     let err = run_err(sluice(home.path()).arg("serve").arg(model_path("mlp-small")).args([
         "--instances",
         "0",

@@ -663,7 +663,9 @@ async fn contradictions_and_invalid_changes_are_refused_by_name() {
         ),
         (json!({ "autoscale_min_replicas": 2 }), "autoscale_enabled is not true"),
         (json!({ "num_replicas": 0 }), "num_replicas must be at least 1"),
-        (json!({ "gpu_cores": 1 }), "gpu_cores is 1 but this build runs models on cpu only"),
+        (json!({ "gpu_cores": 1, "device": "cpu" }), "gpu_cores is above 0 but device is cpu"),
+        (json!({ "device": "tpu:0" }), "unknown device 'tpu:0'"),
+        (json!({ "device_fallback": "maybe" }), "device_fallback must be \"fail\" or \"cpu\""),
         (json!({ "num_replica": 2 }), "unknown field `num_replica`"),
         (json!({ "primary_key": "short" }), "primary_key must be at least 16 characters"),
         (

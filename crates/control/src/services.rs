@@ -38,9 +38,6 @@ fn check_deploy_config(value: Option<serde_json::Value>) -> Result<CheckedDeploy
     let config = DeploymentConfig::from_json(&serde_json::Value::Object(object.clone()).to_string())
         .map_err(|e| ControlError::Invalid(e.to_string()))?;
     let mut problems = Vec::new();
-    if let Some(gpus) = config.gpu_cores.filter(|&n| n > 0) {
-        problems.push(format!("gpu_cores is {gpus} but this build runs models on cpu only"));
-    }
     for (name, key) in [("primary_key", &config.primary_key), ("secondary_key", &config.secondary_key)] {
         if let Some(Err(e)) = key.as_deref().map(sluice_auth::check_key_value) {
             problems.push(format!("{name}: {e}"));

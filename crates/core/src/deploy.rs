@@ -51,6 +51,40 @@ pub struct DeploymentConfig {
     /// Microseconds the first request of a batch may wait for more.
     pub max_queue_delay_us: Option<u64>,
     pub preferred_batch_sizes: Option<Vec<usize>>,
+    /// Where models run: `cpu`, `cuda` or `cuda:N` [default: `cuda:0` when gpu_cores > 0, else cpu].
+    pub device: Option<String>,
+    /// What a model does when its GPU is missing: `fail` (the default) or `cpu` (run on the CPU,
+    /// with a warning).
+    pub device_fallback: Option<String>,
+}
+
+/// What a model whose GPU is missing does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceFallback {
+    /// Refuse to load: the operator asked for a GPU and should hear that there is none.
+    #[default]
+    Fail,
+    /// Load on the CPU and log a warning.
+    Cpu,
+}
+
+impl std::str::FromStr for DeviceFallback {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(DeviceFallback::Fail),
+            "cpu" => Ok(DeviceFallback::Cpu),
+            other => Err(format!("device_fallback must be \"fail\" or \"cpu\", got \"{other}\"")),
+        }
+    }
+}
+
+impl DeploymentConfig {
+    /// The device models run on: `device`, else `cuda:0` when GPU cores are requested.
+    pub fn model_device(&self) -> Option<String> {
+        self.device.clone().or_else(|| self.gpu_cores.filter(|&n| n > 0).map(|_| "cuda:0".to_owned()))
+    }
 }
 
 /// A deployment configuration that cannot be deployed; the message names the fields.
@@ -138,6 +172,18 @@ impl DeploymentConfig {
             && let Some(big) = sizes.iter().find(|&&s| s > max || s == 0)
         {
             problems.push(format!("preferred batch size {big} is outside 1..=max_batch_size ({max})"));
+        }
+        match self.device.as_deref().map(str::parse::<crate::Device>) {
+            Some(Err(e)) => problems.push(format!("device: {e}")),
+            Some(Ok(crate::Device::Cpu)) if self.gpu_cores.is_some_and(|n| n > 0) => {
+                problems.push("gpu_cores is above 0 but device is cpu".into());
+            }
+            _ => {}
+        }
+        if let Some(f) = self.device_fallback.as_deref()
+            && f.parse::<DeviceFallback>().is_err()
+        {
+            problems.push(format!("device_fallback must be \"fail\" or \"cpu\", got \"{f}\""));
         }
         if problems.is_empty() { Ok(()) } else { Err(DeployConfigError(problems.join("; "))) }
     }
