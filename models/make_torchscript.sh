@@ -20,5 +20,5 @@ json.dump({i.name: {"shape": list(i.dims), "data": numpy_helper.to_array(i).asty
            for i in model.graph.initializer}, sys.stdout)
 PYEOF
 cd "$ROOT"
-LD_LIBRARY_PATH="$LIBTORCH/lib" cargo run -q --release -p sluice-backend-torch --features torch --example make_torchscript -- \
+LD_LIBRARY_PATH="$LIBTORCH/lib" cargo run -q -p sluice-backend-torch --features torch --example make_torchscript -- \
   "$weights" models/mlp-small.pt softmax
