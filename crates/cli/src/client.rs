@@ -17,6 +17,17 @@ pub struct ClientArgs {
     pub control_url: Option<String>,
 }
 
+/// The control plane's URL: `explicit`, else the one a running control plane recorded in the data
+/// directory, else the default address.
+pub fn control_url(home: &Path, explicit: Option<&str>) -> String {
+    match explicit {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => std::fs::read_to_string(sluice_control::control_url_path(home))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "http://127.0.0.1:8001".to_owned()),
+    }
+}
+
 /// An authenticated admin API client.
 pub struct AdminClient {
     base: String,
@@ -26,12 +37,7 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(home: &Path, args: &ClientArgs) -> anyhow::Result<Self> {
-        let base = match &args.control_url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => std::fs::read_to_string(sluice_control::control_url_path(home))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "http://127.0.0.1:8001".to_owned()),
-        };
+        let base = control_url(home, args.control_url.as_deref());
         let token = sluice_control::read_admin_token(home)?;
         Ok(AdminClient { base, token, http: reqwest::Client::new() })
     }

@@ -138,11 +138,8 @@ fn control_settings(home: &Path, args: &ControlArgs) -> anyhow::Result<ControlSe
 /// Binds the admin API, starts the control plane and serves the API in the background.
 async fn start_control(home: &Path, args: &ControlArgs) -> anyhow::Result<(Arc<ControlPlane>, SocketAddr)> {
     let settings = control_settings(home, args)?;
-    let listener =
-        tokio::net::TcpListener::bind((args.control_host.as_str(), args.control_port)).await.with_context(|| {
-            format!("cannot listen on {}:{} for the control plane", args.control_host, args.control_port)
-        })?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) =
+        bind(&args.control_host, args.control_port).await.context("the control plane's admin API")?;
     let cp = ControlPlane::start(settings)?;
     sluice_control::write_control_url(home, &format!("http://{addr}"))?;
     let app = sluice_control::router(cp.clone());
@@ -179,18 +176,10 @@ pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
         }
         None => sluice_control::read_gateway_token(home)?,
     };
-    let url = match args.control_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => std::fs::read_to_string(sluice_control::control_url_path(home))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "http://127.0.0.1:8001".into()),
-    };
+    let url = crate::client::control_url(home, args.control_url.as_deref());
     let runtime = tokio_runtime(args.gateway.gateway_threads)?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = bind(&args.host, args.port).await?;
         let gateway = Gateway::new(settings);
         tokio::spawn(sluice_gateway::follow_control(gateway.clone(), ControlSource { url: url.clone(), token }));
         println!("sluice: gateway on http://{addr}, following the control plane at {url}");
@@ -198,6 +187,13 @@ pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
         eprintln!("sluice: stopped");
         Ok(())
     })
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener =
+        tokio::net::TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
 }
 
 /// Applies every configuration the in-process control plane publishes.
@@ -249,10 +245,7 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
     let runtime = tokio_runtime(args.gateway.gateway_threads)?;
     runtime.block_on(async {
         // Bind the gateway first so a busy port fails before anything starts.
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = bind(&args.host, args.port).await?;
         let (cp, control_addr) = start_control(home, &args.control).await?;
         let gateway = Gateway::new(gateway_settings);
         feed(gateway.clone(), &cp);

@@ -203,6 +203,20 @@ fn load(
     })
 }
 
+/// Stops a [`load`] and asserts that every request succeeded and at least `min` ran.
+async fn finish_load(stop: &AtomicBool, running: tokio::task::JoinHandle<(usize, Vec<String>)>, min: usize) {
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failures) = running.await.expect("load");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        answered + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(answered > min, "the load ran ({answered} requests)");
+}
+
 /// Counts the `x-sluice-version` of `n` GETs of `url`, `concurrency` at a time.
 async fn versions_of(
     client: &reqwest::Client,
@@ -306,16 +320,7 @@ async fn traffic_split_follows_weights_and_changes_lose_no_request() {
         p.ok_async(&change).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let (answered, failures) = running.await.expect("load");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        answered + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(answered > 50, "the load ran ({answered} requests)");
+    finish_load(&stop, running, 50).await;
     let b = p.json(&["service", "show", "b"]);
     assert_eq!((b["generation"].as_u64(), b["state"].as_str()), (Some(2), Some("Healthy")), "{b}");
     assert_eq!(b["replicas"].as_array().expect("replicas").len(), 2);
@@ -631,16 +636,7 @@ async fn replicas_restart_and_state_survives_a_control_plane_crash() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (answered, failures) = running.await.expect("load");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        answered + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(answered > 20, "the load ran ({answered} requests)");
+    finish_load(&stop, running, 20).await;
 }
 
 #[tokio::test]
