@@ -55,12 +55,22 @@ pub struct GatewayArgs {
     /// Shadow copies in flight at once; beyond this, copies are skipped (and counted).
     #[arg(long, env = "SLUICE_MAX_SHADOW_IN_FLIGHT", default_value_t = 64)]
     pub max_shadow_in_flight: usize,
-    /// Threads that run the gateway [default: one per CPU core].
+    /// Threads that run the gateway, each a single-threaded event loop with its own listening
+    /// socket (SO_REUSEPORT) and upstream pool [default: one per CPU core].
     #[arg(long, env = "SLUICE_GATEWAY_THREADS")]
     pub gateway_threads: Option<usize>,
 }
 
 impl GatewayArgs {
+    /// Gateway threads: the flag, else one per core.
+    fn threads(&self) -> anyhow::Result<usize> {
+        match self.gateway_threads {
+            Some(0) => bail!("--gateway-threads must be at least 1"),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        }
+    }
+
     fn settings(&self) -> anyhow::Result<GatewaySettings> {
         let algorithm = self.jwt_algorithm.parse().map_err(|e| anyhow::anyhow!("--jwt-algorithm: {e}"))?;
         if self.gateway_max_body_bytes == 0 || self.upstream_timeout_ms == 0 || self.shadow_timeout_ms == 0 {
@@ -177,16 +187,55 @@ pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
         None => sluice_control::read_gateway_token(home)?,
     };
     let url = crate::client::control_url(home, args.control_url.as_deref());
-    let runtime = tokio_runtime(args.gateway.gateway_threads)?;
+    let threads = args.gateway.threads()?;
+    // This thread's runtime only handles signals and follows the control plane; the gateway
+    // serves on its own threads.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let (listener, addr) = bind(&args.host, args.port).await?;
         let gateway = Gateway::new(settings);
-        tokio::spawn(sluice_gateway::follow_control(gateway.clone(), ControlSource { url: url.clone(), token }));
-        println!("sluice: gateway on http://{addr}, following the control plane at {url}");
-        sluice_gateway::serve(listener, gateway, shutdown_signal()).await?;
+        let server = GatewayThreads::start(&args.host, args.port, threads, gateway.clone()).await?;
+        tokio::spawn(sluice_gateway::follow_control(gateway, ControlSource { url: url.clone(), token }));
+        println!("sluice: gateway on http://{}, following the control plane at {url}", server.addr);
+        shutdown_signal().await;
+        server.stop().await?;
         eprintln!("sluice: stopped");
         Ok(())
     })
+}
+
+/// The gateway serving on its own threads (see [`sluice_gateway::serve_on_threads`]).
+struct GatewayThreads {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    joined: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl GatewayThreads {
+    async fn start(host: &str, port: u16, threads: usize, gateway: Arc<Gateway>) -> anyhow::Result<Self> {
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .with_context(|| format!("cannot resolve {host}"))?
+            .next()
+            .with_context(|| format!("no address for {host}"))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let joined = sluice_gateway::serve_on_threads(addr, threads, gateway, stopped, bound_tx);
+        let addr = tokio::task::spawn_blocking(move || bound_rx.recv())
+            .await?
+            .context("the gateway threads did not start")?
+            .with_context(|| format!("cannot listen on {host}:{port}"))?;
+        Ok(GatewayThreads { addr, stop, joined })
+    }
+
+    /// Stops accepting and returns once in-flight requests have finished.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        let joined = self.joined;
+        tokio::task::spawn_blocking(move || joined.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("a gateway thread panicked"))??;
+        Ok(())
+    }
 }
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
@@ -242,13 +291,16 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
     let dir = bundled_models_dir(args.models_dir.clone())?;
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let models = register_bundled(home, &dir)?;
-    let runtime = tokio_runtime(args.gateway.gateway_threads)?;
+    let threads = args.gateway.threads()?;
+    let runtime = tokio_runtime(None)?;
     runtime.block_on(async {
-        // Bind the gateway first so a busy port fails before anything starts.
-        let (listener, addr) = bind(&args.host, args.port).await?;
-        let (cp, control_addr) = start_control(home, &args.control).await?;
+        // The gateway listens first so a busy port fails before anything starts; it answers
+        // "not ready" until the control plane's first configuration arrives.
         let gateway = Gateway::new(gateway_settings);
-        feed(gateway.clone(), &cp);
+        let server = GatewayThreads::start(&args.host, args.port, threads, gateway.clone()).await?;
+        let addr = server.addr;
+        let (cp, control_addr) = start_control(home, &args.control).await?;
+        feed(gateway, &cp);
 
         // One service per bundled model, kept on the latest registered bytes.
         for (name, reference) in &models {
@@ -285,7 +337,8 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!("{}", banner(home, addr, control_addr, &models));
-        sluice_gateway::serve(listener, gateway, shutdown_signal()).await?;
+        shutdown_signal().await;
+        server.stop().await?;
         cp.shutdown().await;
         eprintln!("sluice: stopped");
         Ok(())

@@ -295,7 +295,7 @@ impl Gateway {
             *request.method_mut() = out.method.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = out.headers.clone();
-            match tokio::time::timeout(self.settings.upstream_timeout, self.client.request(request)).await {
+            match tokio::time::timeout(self.settings.upstream_timeout, crate::upstream(request)).await {
                 Err(_) => {
                     return Err(GatewayError::UpstreamTimeout(format!(
                         "service '{}' did not answer within {} ms",
