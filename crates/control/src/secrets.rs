@@ -42,9 +42,9 @@ pub fn read_gateway_token(home: &Path) -> anyhow::Result<String> {
 }
 
 fn read_secret(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    let text = std::fs::read_to_string(path).with_context(|| {
         format!(
-            "cannot read the admin credential {} (has `sluice control` or `sluice up` run with this data directory?)",
+            "cannot read the credential {} (has `sluice control` or `sluice up` run with this data directory?)",
             path.display()
         )
     })?;
