@@ -13,6 +13,7 @@ pub mod metrics;
 mod proxy;
 pub mod split;
 mod table;
+mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,15 +21,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sluice_auth::Algorithm;
 
 pub use config::{AuthPolicy, EndpointRoute, EndpointVersion, GatewayConfig, ServiceRoute, TargetKind, token_audience};
@@ -71,29 +67,6 @@ impl Default for GatewaySettings {
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new().build_hasher().finish()
-}
-
-type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-
-thread_local! {
-    /// One keep-alive pool per thread: a request, its upstream connection and that connection's
-    /// driver task stay on one thread, with no cross-thread wake-ups on the hot path (see
-    /// [`serve_on_threads`]).
-    static UPSTREAM: UpstreamClient = {
-        let mut connector = HttpConnector::new();
-        // Small request/response pairs: Nagle's algorithm would add up to 40 ms.
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector)
-    };
-}
-
-/// Sends `request` through this thread's keep-alive pool.
-fn upstream(request: http::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
-    UPSTREAM.with(|client| client.request(request))
 }
 
 /// A running gateway's state; share it as `Arc<Gateway>`.

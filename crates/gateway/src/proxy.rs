@@ -291,11 +291,16 @@ impl Gateway {
             let uri: Uri = format!("http://{}{path}", replica.addr)
                 .parse()
                 .map_err(|_| GatewayError::BadRequest("the request path is not a valid URI".into()))?;
-            let mut request = http::Request::new(Full::new(out.body.clone()));
-            *request.method_mut() = out.method.clone();
-            *request.uri_mut() = uri;
-            *request.headers_mut() = out.headers.clone();
-            match tokio::time::timeout(self.settings.upstream_timeout, crate::upstream(request)).await {
+            let build = || {
+                let mut request = http::Request::new(Full::new(out.body.clone()));
+                *request.method_mut() = out.method.clone();
+                *request.uri_mut() = uri.clone();
+                *request.headers_mut() = out.headers.clone();
+                request
+            };
+            match tokio::time::timeout(self.settings.upstream_timeout, crate::upstream::send(&replica.addr, build))
+                .await
+            {
                 Err(_) => {
                     return Err(GatewayError::UpstreamTimeout(format!(
                         "service '{}' did not answer within {} ms",
@@ -305,7 +310,7 @@ impl Gateway {
                 }
                 Ok(Ok(response)) => {
                     replica.succeeded();
-                    return Ok(response.map(Body::new));
+                    return Ok(response);
                 }
                 Ok(Err(e)) => {
                     if replica.failed(now) {
