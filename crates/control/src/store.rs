@@ -73,26 +73,28 @@ impl Store {
 
     /// Inserts or replaces a service; with `keys`, also stores its new credentials, atomically.
     pub fn put_service(&mut self, spec: &ServiceSpec, keys: Option<&Keys>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR REPLACE INTO control_services (name, spec) VALUES (?1, ?2)",
-            params![spec.name, serde_json::to_string(spec)?],
-        )?;
-        if let Some(keys) = keys {
-            put_keys(&tx, &owner("service", &spec.name), keys)?;
-        }
-        Ok(tx.commit()?)
+        self.put("service", &spec.name, spec, keys)
     }
 
     /// Inserts or replaces an endpoint; with `keys`, also stores its new credentials, atomically.
     pub fn put_endpoint(&mut self, spec: &EndpointSpec, keys: Option<&Keys>) -> Result<(), StoreError> {
+        self.put("endpoint", &spec.name, spec, keys)
+    }
+
+    fn put(
+        &mut self,
+        kind: &str,
+        name: &str,
+        spec: &impl serde::Serialize,
+        keys: Option<&Keys>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO control_endpoints (name, spec) VALUES (?1, ?2)",
-            params![spec.name, serde_json::to_string(spec)?],
+            &format!("INSERT OR REPLACE INTO {} (name, spec) VALUES (?1, ?2)", table(kind)),
+            params![name, serde_json::to_string(spec)?],
         )?;
         if let Some(keys) = keys {
-            put_keys(&tx, &owner("endpoint", &spec.name), keys)?;
+            put_keys(&tx, &owner(kind, name), keys)?;
         }
         Ok(tx.commit()?)
     }
@@ -100,8 +102,7 @@ impl Store {
     /// Deletes a service or endpoint (`kind`) and its credentials.
     pub fn delete(&mut self, kind: &str, name: &str) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
-        let table = if kind == "service" { "control_services" } else { "control_endpoints" };
-        let n = tx.execute(&format!("DELETE FROM {table} WHERE name = ?1"), params![name])?;
+        let n = tx.execute(&format!("DELETE FROM {} WHERE name = ?1", table(kind)), params![name])?;
         tx.execute("DELETE FROM control_credentials WHERE owner = ?1", params![owner(kind, name)])?;
         tx.commit()?;
         Ok(n > 0)
@@ -160,6 +161,11 @@ impl Store {
         let text: Option<String> = self.conn.query_row(sql, params![name], |row| row.get(0)).optional()?;
         Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
     }
+}
+
+/// The table of a kind of resource: services, or else endpoints.
+fn table(kind: &str) -> &'static str {
+    if kind == "service" { "control_services" } else { "control_endpoints" }
 }
 
 fn owner(kind: &str, name: &str) -> String {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use http::{HeaderMap, Method, Uri, header};
 use http_body_util::{BodyExt, Full};
 use sluice_auth::{KeyDigest, bearer_credential};
 
@@ -15,7 +15,7 @@ use crate::Gateway;
 use crate::config::{AuthPolicy, TargetKind};
 use crate::error::GatewayError;
 use crate::split::unit_interval_at;
-use crate::table::{RouteTable, ServiceTarget, Target, millis_since};
+use crate::table::{EndpointTarget, RouteTable, ServiceTarget, Target, VersionTarget, millis_since};
 
 /// Pins a request to one version by name; also names the version that answered, on every response.
 pub const VERSION_HEADER: &str = "x-sluice-version";
@@ -23,23 +23,21 @@ pub const VERSION_HEADER: &str = "x-sluice-version";
 pub const ROUTE_KEY_HEADER: &str = "x-sluice-route-key";
 
 /// Headers that describe one hop, or that the replica must not see (the caller's credential).
-fn forwardable(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "authorization"
-            | VERSION_HEADER
-            | ROUTE_KEY_HEADER
-    )
-}
+/// Removed in place from the caller's headers, which are then forwarded without a copy.
+const NOT_FORWARDED: [&str; 12] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    VERSION_HEADER,
+    ROUTE_KEY_HEADER,
+];
 
 /// A parsed gateway URL: which target, and the path to send upstream.
 struct Route<'a> {
@@ -134,7 +132,7 @@ impl Gateway {
     async fn route(self: &Arc<Self>, request: Request) -> Result<Response, GatewayError> {
         let started = Instant::now();
         let table = self.table.load_full();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let route = parse_route(parts.uri.path()).ok_or_else(|| {
             GatewayError::NotFound(format!(
                 "no route for {}: use /endpoints/NAME/..., /services/NAME/... or /v2/models/NAME/...",
@@ -146,69 +144,79 @@ impl Gateway {
             GatewayError::NotFound(format!("no {what} named '{}'", route.name))
         })?;
         self.authorize(&table, &target, &parts.headers)?;
-
+        // The version is chosen while the pin and route-key headers are still there.
+        let choice = match &target {
+            Target::Endpoint(endpoint) => Some(self.choose(endpoint, &parts.headers)?),
+            Target::Service(_) => None,
+        };
         let body = read_body(body, &parts.headers, self.settings.max_body_bytes).await?;
-        let headers: HeaderMap =
-            parts.headers.iter().filter(|(n, _)| forwardable(n)).map(|(n, v)| (n.clone(), v.clone())).collect();
+        for name in NOT_FORWARDED {
+            parts.headers.remove(name);
+        }
         let outgoing = Arc::new(Outgoing {
             method: parts.method,
             rest: route.rest.to_owned(),
             rewrite_model: route.rewrite_model,
             query: parts.uri.query().map(str::to_owned),
-            headers,
+            headers: parts.headers,
             body,
         });
 
-        match target {
-            Target::Service(service) => {
-                let result = self.forward(&service, &outgoing).await;
-                let status = result.as_ref().map_or_else(GatewayError::status, |r| r.status());
-                service.stats.record(status, started.elapsed());
-                let mut response = result?;
-                set_version(&mut response, &service.name);
-                Ok(response)
-            }
-            Target::Endpoint(endpoint) => {
-                let pinned = parts.headers.get(VERSION_HEADER);
-                let (version_name, mirror) = match pinned {
-                    // A pinned request is a deliberate test of one version: never mirrored.
-                    Some(v) => (v.to_str().unwrap_or_default().to_owned(), None),
-                    None => {
-                        let draw = self.draws.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
-                        let (name, _) = match parts.headers.get(ROUTE_KEY_HEADER) {
-                            Some(key) => endpoint.split.pick_sticky(key.as_bytes()),
-                            None => endpoint.split.pick(unit_interval_at(self.settings.seed, draw)),
-                        };
-                        let mirror = endpoint.split.mirror(unit_interval_at(self.settings.seed, draw + 1));
-                        (name.to_owned(), mirror.map(str::to_owned))
-                    }
-                };
-                let version = endpoint.versions.get(&version_name).ok_or_else(|| {
-                    let mut names: Vec<_> = endpoint.versions.keys().map(String::as_str).collect();
-                    names.sort_unstable();
-                    GatewayError::NotFound(format!(
-                        "endpoint '{}' has no version '{version_name}' (versions: {})",
-                        endpoint.name,
-                        names.join(", ")
-                    ))
-                })?;
-                if let Some(shadow) = mirror.as_deref().and_then(|m| endpoint.versions.get(m)) {
+        let (service, stats, version_header) = match (&target, choice) {
+            (Target::Service(service), _) => (service, &service.stats, &service.version_header),
+            (Target::Endpoint(_), Some((version, shadow))) => {
+                if let Some(shadow) = shadow {
                     self.mirror(shadow.service.clone(), shadow.stats.clone(), outgoing.clone());
                 }
-                let result = self.forward(&version.service, &outgoing).await;
-                let status = result.as_ref().map_or_else(GatewayError::status, |r| r.status());
-                version.stats.record(status, started.elapsed());
-                let mut response = match result {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.metrics.refused(e.reason());
-                        e.into_response()
-                    }
-                };
-                set_version(&mut response, &version_name);
-                Ok(response)
+                (&version.service, &version.stats, &version.version_header)
             }
-        }
+            (Target::Endpoint(_), None) => unreachable!("an endpoint always has a choice; this is a bug"),
+        };
+        let result = self.forward(service, &outgoing).await;
+        let status = result.as_ref().map_or_else(GatewayError::status, |r| r.status());
+        stats.record(status, started.elapsed());
+        let mut response = match (result, &target) {
+            (Ok(r), _) => r,
+            // A direct service call's failure is the gateway's own error response...
+            (Err(e), Target::Service(_)) => return Err(e),
+            // ...an endpoint's still names the version that was tried.
+            (Err(e), Target::Endpoint(_)) => {
+                self.metrics.refused(e.reason());
+                e.into_response()
+            }
+        };
+        response.headers_mut().insert(VERSION_HEADER, version_header.clone());
+        Ok(response)
+    }
+
+    /// The version a request goes to (pinned, sticky or weighted) and the shadow that gets a copy.
+    fn choose<'e>(
+        &self,
+        endpoint: &'e EndpointTarget,
+        headers: &HeaderMap,
+    ) -> Result<(&'e VersionTarget, Option<&'e VersionTarget>), GatewayError> {
+        let (name, mirror) = match headers.get(VERSION_HEADER) {
+            // A pinned request is a deliberate test of one version: never mirrored.
+            Some(v) => (v.to_str().unwrap_or_default(), None),
+            None => {
+                let draw = self.draws.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+                let (name, _) = match headers.get(ROUTE_KEY_HEADER) {
+                    Some(key) => endpoint.split.pick_sticky(key.as_bytes()),
+                    None => endpoint.split.pick(unit_interval_at(self.settings.seed, draw)),
+                };
+                (name, endpoint.split.mirror(unit_interval_at(self.settings.seed, draw + 1)))
+            }
+        };
+        let version = endpoint.versions.get(name).ok_or_else(|| {
+            let mut names: Vec<_> = endpoint.versions.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            GatewayError::NotFound(format!(
+                "endpoint '{}' has no version '{name}' (versions: {})",
+                endpoint.name,
+                names.join(", ")
+            ))
+        })?;
+        Ok((version, mirror.and_then(|m| endpoint.versions.get(m))))
     }
 
     /// Key or token check for `target`. 401 for a missing or invalid credential, 403 for a valid
@@ -230,11 +238,12 @@ impl Gateway {
         match policy {
             AuthPolicy::None => Ok(()),
             AuthPolicy::Keys { primary, secondary } => {
-                // Both compared every time, in constant time, so timing says nothing about which.
-                let ok = primary.matches(credential) | secondary.matches(credential);
-                if ok {
+                // Hashed once; both compared every time, in constant time, so timing says nothing
+                // about which matched.
+                let presented = KeyDigest::of(credential);
+                if primary.ct_eq(&presented) | secondary.ct_eq(&presented) {
                     Ok(())
-                } else if table.all_key_digests.contains(&KeyDigest::of(credential).to_hex()) {
+                } else if table.all_key_digests.contains(&presented.to_hex()) {
                     Err(GatewayError::Forbidden(format!(
                         "this key is not valid for {} '{}'",
                         target.kind().as_str(),
@@ -354,12 +363,6 @@ impl Gateway {
             };
             stats.record(status, started.elapsed());
         });
-    }
-}
-
-fn set_version(response: &mut Response, version: &str) {
-    if let Ok(v) = HeaderValue::from_str(version) {
-        response.headers_mut().insert(VERSION_HEADER, v);
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use sluice_auth::{Algorithm, TokenVerifier};
 
 use crate::config::{AuthPolicy, GatewayConfig, TargetKind, token_audience};
@@ -115,12 +116,16 @@ pub struct ServiceTarget {
     pub pool: Pool,
     pub auth: AuthPolicy,
     pub stats: Arc<RouteStats>,
+    /// `x-sluice-version` of direct calls: the service's name, built once.
+    pub version_header: HeaderValue,
 }
 
 /// One version of an endpoint, resolved.
 #[derive(Debug)]
 pub struct VersionTarget {
     pub service: Arc<ServiceTarget>,
+    /// `x-sluice-version` of its responses, built once.
+    pub version_header: HeaderValue,
     /// Labelled with the version's role at the time the table was built.
     pub stats: Arc<RouteStats>,
 }
@@ -221,6 +226,7 @@ impl RouteTable {
                 pool,
                 auth: s.auth.clone(),
                 stats: metrics.service(&s.name),
+                version_header: header_value(&s.name),
             };
             services.insert(s.name.clone(), Arc::new(target));
         }
@@ -244,7 +250,8 @@ impl RouteTable {
                     Role::Treatment
                 };
                 let stats = metrics.endpoint(&e.name, &v.name, role.as_str());
-                versions.insert(v.name.clone(), VersionTarget { service, stats });
+                versions
+                    .insert(v.name.clone(), VersionTarget { service, version_header: header_value(&v.name), stats });
             }
             endpoints.insert(
                 e.name.clone(),
@@ -270,6 +277,11 @@ impl RouteTable {
             None => endpoint().or_else(service),
         }
     }
+}
+
+/// A name as a header value; control-plane names are always valid ones.
+fn header_value(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"))
 }
 
 /// Milliseconds since `origin`, the gateway's clock for ejections.
