@@ -6,6 +6,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::value::RawValue;
 use sluice_core::{DataType, TensorData};
 use sluice_server::json::{FlatData, ShapeTracker, decode_data};
+use sluice_server::request::read_request;
 
 fn rows(rows: usize, cols: usize) -> Box<RawValue> {
     let data: Vec<Vec<f32>> =
@@ -28,6 +29,22 @@ fn decode(c: &mut Criterion) {
     }
 }
 
+/// A whole v2 infer request as clients send it: numbers with six decimals, as NumPy's
+/// `round(x, 6)` gives and as the shared bench bodies have.
+fn request(c: &mut Criterion) {
+    for (name, rows, cols) in [("mlp-small 1x64", 1, 64), ("mlp-large 1x784", 1, 784)] {
+        let data: Vec<String> =
+            (0..rows * cols).map(|i| format!("{:.6}", ((i * 7919) % 1_000_003) as f64 / 1e6)).collect();
+        let body = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[{rows},{cols}],"datatype":"FP32","data":[{}]}}]}}"#,
+            data.join(",")
+        );
+        c.bench_function(&format!("read v2 request {name}"), |b| {
+            b.iter(|| read_request(black_box(body.as_bytes())).expect("reads"))
+        });
+    }
+}
+
 fn encode(c: &mut Criterion) {
     let data = TensorData::F32((0..640).map(|i| i as f32 / 7.0).collect());
     c.bench_function("encode FP32 64x10", |b| {
@@ -39,5 +56,5 @@ fn encode(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, encode);
+criterion_group!(benches, decode, request, encode);
 criterion_main!(benches);

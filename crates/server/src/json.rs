@@ -60,7 +60,27 @@ const MAX_DEPTH: usize = 32;
 
 /// One JSON scalar as an element type.
 trait Scalar: Sized {
+    /// Parses one whole scalar token.
     fn parse(token: &str) -> Option<Self>;
+
+    /// Parses the scalar that `rest` starts with and returns it with the bytes it took; `None` when
+    /// the text there is not a valid value of this type. The default finds the token's end, then
+    /// parses it; floats, the bulk of JSON tensor traffic, parse while they scan.
+    fn parse_prefix(rest: &[u8]) -> Option<(Self, usize)> {
+        let len = token_len(rest);
+        Some((Self::parse(std::str::from_utf8(&rest[..len]).ok()?)?, len))
+    }
+}
+
+/// Length of the scalar token at the start of `bytes`: up to the next separator.
+#[inline]
+fn token_len(bytes: &[u8]) -> usize {
+    bytes.iter().position(|&b| ends_token(b)).unwrap_or(bytes.len())
+}
+
+#[inline]
+fn ends_token(b: u8) -> bool {
+    matches!(b, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// Exact powers of ten up to 1e22, the largest that an f64 holds exactly.
@@ -69,55 +89,68 @@ const POW10: [f64; 23] = [
     1e21, 1e22,
 ];
 
-/// Plain decimals (`-0.0892`, `17`, `3.25`): the form nearly all tensor data takes. With at most
-/// 15 significant digits and 22 fraction digits both the digits and the power of ten are exact
-/// f64 values, so one division gives the correctly rounded f64 (Clinger's fast path). Anything
-/// else (exponents, long mantissas) is left to the standard library's parser.
-fn fast_decimal(token: &[u8]) -> Option<f64> {
-    let (negative, digits) = match token.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, token),
-    };
+/// Appends the decimal digits at `bytes[*i..]` to `mantissa` and returns how many there were.
+/// Wraps past 19 digits; the caller then discards the value.
+#[inline(always)]
+fn digits(bytes: &[u8], i: &mut usize, mantissa: &mut u64) -> usize {
+    let start = *i;
+    while let Some(&b) = bytes.get(*i) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+        *i += 1;
+    }
+    *i - start
+}
+
+/// A plain decimal (`-0.0892`, `17`, `3.25`) at the start of `bytes`, parsed in the same pass
+/// that finds its end: the form nearly all tensor data takes. When the digits, read as an integer,
+/// are at most 2^53 and there are at most 22 fraction digits, both that integer and the power of
+/// ten are exact f64 values, so one division gives the correctly rounded f64 (Clinger's fast
+/// path). `None` for anything else (exponents, long mantissas), which the standard library's parser
+/// then handles.
+#[inline(always)]
+fn fast_decimal_prefix(bytes: &[u8]) -> Option<(f64, usize)> {
+    let negative = bytes.first() == Some(&b'-');
+    let mut i = usize::from(negative);
     let mut mantissa = 0u64;
-    let mut significant = 0usize;
-    let mut fraction_digits = 0usize;
-    let mut seen_point = false;
-    let mut seen_digit = false;
-    for &b in digits {
-        match b {
-            b'0'..=b'9' => {
-                seen_digit = true;
-                if mantissa > 0 || b != b'0' {
-                    significant += 1;
-                }
-                mantissa = mantissa * 10 + u64::from(b - b'0');
-                if seen_point {
-                    fraction_digits += 1;
-                }
-                if significant > 15 || fraction_digits > 22 {
-                    return None;
-                }
-            }
-            b'.' if !seen_point => seen_point = true,
-            _ => return None,
+    let int_digits = digits(bytes, &mut i, &mut mantissa);
+    let mut fraction_digits = 0;
+    if bytes.get(i) == Some(&b'.') {
+        i += 1;
+        fraction_digits = digits(bytes, &mut i, &mut mantissa);
+        if fraction_digits == 0 {
+            return None;
         }
     }
-    if !seen_digit {
+    let exact = int_digits > 0 && int_digits + fraction_digits <= 19 && mantissa <= 1 << 53 && fraction_digits <= 22;
+    if !exact || !bytes.get(i).is_none_or(|&b| ends_token(b)) {
         return None;
     }
     let value = mantissa as f64 / POW10[fraction_digits];
-    Some(if negative { -value } else { value })
+    Some((if negative { -value } else { value }, i))
 }
 
 impl Scalar for f64 {
     fn parse(token: &str) -> Option<Self> {
-        // JSON numbers start with '-' or a digit; this also refuses Rust-only forms such as
-        // "inf", "NaN" or "+1".
-        let first = token.as_bytes().first()?;
-        if *first != b'-' && !first.is_ascii_digit() {
+        // JSON numbers start with a digit or '-' and a digit; this also refuses Rust-only forms
+        // such as "inf", "-inf", "NaN" or "+1".
+        let b = token.as_bytes();
+        let digit_at = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+        if !(digit_at(0) || (b.first() == Some(&b'-') && digit_at(1))) {
             return None;
         }
-        fast_decimal(token.as_bytes()).or_else(|| token.parse().ok())
+        fast_decimal_prefix(b).filter(|&(_, len)| len == b.len()).map(|(v, _)| v).or_else(|| token.parse().ok())
+    }
+
+    #[inline(always)]
+    fn parse_prefix(rest: &[u8]) -> Option<(Self, usize)> {
+        fast_decimal_prefix(rest).or_else(|| {
+            let len = token_len(rest);
+            Some((Self::parse(std::str::from_utf8(&rest[..len]).ok()?)?, len))
+        })
     }
 }
 
@@ -125,6 +158,11 @@ impl Scalar for f32 {
     fn parse(token: &str) -> Option<Self> {
         // Through f64, as serde_json and NumPy's float32(float(text)) do.
         <f64 as Scalar>::parse(token).map(|v| v as f32)
+    }
+
+    #[inline(always)]
+    fn parse_prefix(rest: &[u8]) -> Option<(Self, usize)> {
+        <f64 as Scalar>::parse_prefix(rest).map(|(v, len)| (v as f32, len))
     }
 }
 
@@ -153,6 +191,10 @@ impl Scalar for bool {
 impl Scalar for f16 {
     fn parse(token: &str) -> Option<Self> {
         <f32 as Scalar>::parse(token).map(f16::from_f32)
+    }
+
+    fn parse_prefix(rest: &[u8]) -> Option<(Self, usize)> {
+        <f32 as Scalar>::parse_prefix(rest).map(|(v, len)| (f16::from_f32(v), len))
     }
 }
 
@@ -187,19 +229,37 @@ impl<T: Scalar> Scanner<'_, '_, T> {
         self.skip_ws();
         match self.peek() {
             None => self.fail("unexpected end of data"),
-            Some(b'[') => {
-                if depth >= MAX_DEPTH {
-                    return self.fail(format!("arrays nested deeper than {MAX_DEPTH}"));
+            Some(b'[') => self.array(depth),
+            Some(_) => self.scalar(depth),
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<(), DataError> {
+        if depth >= MAX_DEPTH {
+            return self.fail(format!("arrays nested deeper than {MAX_DEPTH}"));
+        }
+        self.pos += 1;
+        self.skip_ws();
+        let mut len = 0i64;
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+        } else {
+            loop {
+                // Scalars are read here rather than through `value`: they are nearly every
+                // element of a tensor, and this loop is the decoder's hot path.
+                match self.peek() {
+                    Some(b'[') => self.array(depth + 1)?,
+                    Some(b' ' | b'\t' | b'\n' | b'\r') => self.value(depth + 1)?,
+                    _ => self.scalar(depth + 1)?,
                 }
-                self.pos += 1;
-                self.skip_ws();
-                let mut len = 0i64;
-                if self.peek() == Some(b']') {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.value(depth + 1)?;
-                        len += 1;
+                len += 1;
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b']') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    Some(b' ' | b'\t' | b'\n' | b'\r') => {
                         self.skip_ws();
                         match self.peek() {
                             Some(b',') => self.pos += 1,
@@ -210,44 +270,47 @@ impl<T: Scalar> Scanner<'_, '_, T> {
                             _ => return self.fail("expected ',' or ']'"),
                         }
                     }
-                }
-                match self.shape.as_deref_mut().map(|s| s.enter(depth, len)) {
-                    Some(Err(e)) => self.fail(e),
-                    _ => Ok(()),
+                    _ => return self.fail("expected ',' or ']'"),
                 }
             }
-            Some(_) => {
-                let start = self.pos;
-                let rest = &self.src.as_bytes()[start..];
-                let len = rest
-                    .iter()
-                    .position(|b| matches!(b, b',' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                    .unwrap_or(rest.len());
-                self.pos += len;
-                let token = &self.src[start..self.pos];
-                let Some(v) = T::parse(token) else {
-                    self.pos = start;
-                    return self.fail(format!("{token} is not a valid {} value", self.dtype));
-                };
-                self.out.push(v);
-                match self.shape.as_deref_mut().map(|s| s.leaf(depth)) {
-                    Some(Err(e)) => self.fail(e),
-                    _ => Ok(()),
-                }
-            }
+        }
+        match self.shape.as_deref_mut().map(|s| s.enter(depth, len)) {
+            Some(Err(e)) => self.fail(e),
+            _ => Ok(()),
+        }
+    }
+
+    #[inline(always)]
+    fn scalar(&mut self, depth: usize) -> Result<(), DataError> {
+        let rest = &self.src.as_bytes()[self.pos..];
+        let Some((v, len)) = T::parse_prefix(rest) else {
+            let token = String::from_utf8_lossy(&rest[..token_len(rest)]);
+            return self.fail(format!("{token} is not a valid {} value", self.dtype));
+        };
+        self.pos += len;
+        self.out.push(v);
+        match self.shape.as_deref_mut().map(|s| s.leaf(depth)) {
+            Some(Err(e)) => self.fail(e),
+            _ => Ok(()),
         }
     }
 }
 
-fn scan<T: Scalar>(src: &str, dtype: DataType, shape: Option<&mut ShapeTracker>) -> Result<Vec<T>, DataError> {
-    // Rows of short numbers: about one element per 8 bytes of text is a close first guess.
-    let mut scanner = Scanner { src, pos: 0, out: Vec::with_capacity(src.len() / 8), shape, dtype };
+/// Reads the value at `src[start..]` and returns it with the offset just past it.
+fn scan<T: Scalar>(
+    src: &str,
+    start: usize,
+    dtype: DataType,
+    shape: Option<&mut ShapeTracker>,
+    elements_hint: Option<usize>,
+) -> Result<(Vec<T>, usize), DataError> {
+    // Each element takes at least two bytes of text ("1,"), which bounds a hint taken from a
+    // client's shape; without one, rows of short numbers (about 8 bytes each) are a close guess.
+    let text = src.len().saturating_sub(start);
+    let capacity = elements_hint.unwrap_or(text / 8).min(text / 2 + 1);
+    let mut scanner = Scanner { src, pos: start, out: Vec::with_capacity(capacity), shape, dtype };
     scanner.value(0)?;
-    scanner.skip_ws();
-    if scanner.pos != src.len() {
-        return scanner.fail("unexpected text after the data");
-    }
-    Ok(scanner.out)
+    Ok((scanner.out, scanner.pos))
 }
 
 /// Decodes a JSON value (a scalar or arbitrarily nested arrays) into a typed buffer.
@@ -257,19 +320,43 @@ pub fn decode_data(
     shape: Option<&mut ShapeTracker>,
 ) -> Result<TensorData, DataError> {
     let src = raw.get();
+    let (data, end) = decode_at(src, 0, dtype, shape, None)?;
+    let rest = &src[end..];
+    if !rest.trim_start().is_empty() {
+        return Err(DataError(format!("unexpected text after the data at byte {}", src.len() - rest.len())));
+    }
+    Ok(data)
+}
+
+/// Decodes the JSON value that starts at `src[start..]` (after optional whitespace) into a typed
+/// buffer and returns it with the offset just past the value. Error offsets are offsets in `src`.
+/// `elements_hint` sizes the buffer (say, from the request's shape).
+pub fn decode_at(
+    src: &str,
+    start: usize,
+    dtype: DataType,
+    shape: Option<&mut ShapeTracker>,
+    elements_hint: Option<usize>,
+) -> Result<(TensorData, usize), DataError> {
+    macro_rules! typed {
+        ($variant:ident) => {{
+            let (v, end) = scan(src, start, dtype, shape, elements_hint)?;
+            (TensorData::$variant(v), end)
+        }};
+    }
     Ok(match dtype {
-        DataType::Bool => TensorData::Bool(scan(src, dtype, shape)?),
-        DataType::U8 => TensorData::U8(scan(src, dtype, shape)?),
-        DataType::U16 => TensorData::U16(scan(src, dtype, shape)?),
-        DataType::U32 => TensorData::U32(scan(src, dtype, shape)?),
-        DataType::U64 => TensorData::U64(scan(src, dtype, shape)?),
-        DataType::I8 => TensorData::I8(scan(src, dtype, shape)?),
-        DataType::I16 => TensorData::I16(scan(src, dtype, shape)?),
-        DataType::I32 => TensorData::I32(scan(src, dtype, shape)?),
-        DataType::I64 => TensorData::I64(scan(src, dtype, shape)?),
-        DataType::F16 => TensorData::F16(scan(src, dtype, shape)?),
-        DataType::F32 => TensorData::F32(scan(src, dtype, shape)?),
-        DataType::F64 => TensorData::F64(scan(src, dtype, shape)?),
+        DataType::Bool => typed!(Bool),
+        DataType::U8 => typed!(U8),
+        DataType::U16 => typed!(U16),
+        DataType::U32 => typed!(U32),
+        DataType::U64 => typed!(U64),
+        DataType::I8 => typed!(I8),
+        DataType::I16 => typed!(I16),
+        DataType::I32 => typed!(I32),
+        DataType::I64 => typed!(I64),
+        DataType::F16 => typed!(F16),
+        DataType::F32 => typed!(F32),
+        DataType::F64 => typed!(F64),
     })
 }
 
@@ -410,9 +497,17 @@ mod tests {
             let got = <f64 as Scalar>::parse(s).expect("parses");
             assert_eq!(got.to_bits(), want.to_bits(), "{s}");
             assert_eq!(<f32 as Scalar>::parse(s).expect("parses"), want as f32, "{s}");
+            // The same value when the number is read in a scan, ended by a separator.
+            for (text, sep) in [(s.to_owned(), ""), (format!("{s},9"), ","), (format!("{s}]"), "]")] {
+                let (got, len) = <f64 as Scalar>::parse_prefix(text.as_bytes()).expect("parses");
+                assert_eq!((got.to_bits(), len), (want.to_bits(), s.len()), "{s}{sep}");
+            }
         }
-        for bad in ["", "-", ".", "1.2.3", "1-2", "+1", "inf", "NaN", "1,0"] {
+        for bad in ["", "-", ".", "1.2.3", "1-2", "+1", "inf", "-inf", "NaN", "1,0", "-.5", "1.5x"] {
             assert!(<f64 as Scalar>::parse(bad).is_none(), "{bad}");
+        }
+        for bad in ["", "-", ".", "1.2.3", "1-2", "+1", "inf", "-inf", "NaN", "-.5", "1.5x", "1e"] {
+            assert!(<f64 as Scalar>::parse_prefix(bad.as_bytes()).is_none(), "{bad}");
         }
     }
 

@@ -6,6 +6,7 @@
 mod error;
 pub mod json;
 mod repository;
+pub mod request;
 mod score;
 mod v2;
 

@@ -13,66 +13,17 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use sluice_core::{DataType, Tensor, TensorData, TensorSpec};
+use serde::Serialize;
+use sluice_core::{Tensor, TensorData, TensorSpec};
 use sluice_runtime::ModelHandle;
 
 use crate::error::ApiError;
-use crate::json::{FlatData, decode_data};
+use crate::json::FlatData;
+use crate::request::read_request;
 use crate::{AppState, Body, instrumented, read_body};
 
 /// Header that splits a binary-extension body into its JSON part and its binary part.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-
-#[derive(Deserialize)]
-struct WireRequest<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    parameters: Option<RequestParameters>,
-    #[serde(borrow)]
-    inputs: Vec<WireInput<'a>>,
-    #[serde(default)]
-    outputs: Option<Vec<WireRequestedOutput>>,
-}
-
-#[derive(Deserialize, Default)]
-struct RequestParameters {
-    #[serde(default)]
-    binary_data_output: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct WireInput<'a> {
-    name: String,
-    shape: Vec<i64>,
-    #[serde(borrow)]
-    datatype: Cow<'a, str>,
-    #[serde(default)]
-    parameters: Option<InputParameters>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize, Default)]
-struct InputParameters {
-    #[serde(default)]
-    binary_data_size: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct WireRequestedOutput {
-    name: String,
-    #[serde(default)]
-    parameters: Option<OutputParameters>,
-}
-
-#[derive(Deserialize, Default)]
-struct OutputParameters {
-    #[serde(default)]
-    binary_data: Option<bool>,
-}
 
 /// An infer request after decoding, before validation against the model.
 struct InferRequest<'a> {
@@ -113,17 +64,14 @@ fn decode<'a>(header_length: Option<&HeaderValue>, body: &'a Bytes) -> Result<In
             body.split_at(len)
         }
     };
-    let wire: WireRequest<'_> =
-        serde_json::from_slice(json).map_err(|e| ApiError::bad_request(format!("malformed request JSON: {e}")))?;
+    let wire = read_request(json).map_err(|e| ApiError::bad_request(e.0))?;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
         let bad = |what: String| ApiError::bad_request(format!("input '{}': {what}", input.name));
-        let dtype: DataType = input.datatype.parse().map_err(|e| bad(format!("{e}")))?;
-        let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
-        let data = match (binary_size, input.data) {
+        let data = match (input.binary_data_size, input.data) {
             (Some(_), Some(_)) => return Err(bad("has both binary_data_size and JSON data".into())),
             (None, None) => return Err(bad("has no data (give \"data\" or binary_data_size)".into())),
-            (None, Some(raw)) => decode_data(raw, dtype, None).map_err(|e| bad(format!("invalid data: {e}")))?,
+            (None, Some(data)) => data,
             (Some(size), None) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size > binary.len() {
@@ -134,7 +82,7 @@ fn decode<'a>(header_length: Option<&HeaderValue>, body: &'a Bytes) -> Result<In
                 }
                 let (mine, rest) = binary.split_at(size);
                 binary = rest;
-                TensorData::from_le_bytes(dtype, mine).map_err(|e| bad(e.to_string()))?
+                TensorData::from_le_bytes(input.datatype, mine).map_err(|e| bad(e.to_string()))?
             }
         };
         // Checked under an empty (non-allocating) name so the request's name can be moved in.
@@ -148,18 +96,8 @@ fn decode<'a>(header_length: Option<&HeaderValue>, body: &'a Bytes) -> Result<In
             binary.len()
         )));
     }
-    let outputs = wire
-        .outputs
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| (o.name, o.parameters.and_then(|p| p.binary_data)))
-        .collect();
-    Ok(InferRequest {
-        id: wire.id,
-        inputs,
-        outputs,
-        binary_by_default: wire.parameters.and_then(|p| p.binary_data_output).unwrap_or(false),
-    })
+    let outputs = wire.outputs.unwrap_or_default().into_iter().map(|o| (o.name, o.binary_data)).collect();
+    Ok(InferRequest { id: wire.id, inputs, outputs, binary_by_default: wire.binary_data_output.unwrap_or(false) })
 }
 
 #[derive(Serialize)]
