@@ -33,22 +33,30 @@ SLUICE_CMD="$ROOT/target/release/sluice serve $ROOT/models/mlp-small.onnx $ROOT/
 echo "[run_load] peers + sluice (tag $TAG)"
 SERVERS="$PEERS custom" CUSTOM_CMD="$SLUICE_CMD --port 8150" CUSTOM_PORT=8150 CUSTOM_PROTO=v2 "$SHARED/run_peers.sh"
 
-echo "[run_load] sluice with batching off (--max-batch-size 1), same method"
-NB_PORT=8151
-for run in $(seq 1 "$RUNS"); do
-  setsid $SLUICE_CMD --port $NB_PORT --max-batch-size 1 > "$WORK/nobatch.log" 2>&1 &
-  NB_PID=$!
-  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$NB_PORT/v2/health/ready" && break; sleep 0.2; done
+# Batching on and off compared by the same method in alternating passes (on, off, on, off, ...),
+# so that the machine's drift over the run falls on both alike; the c=1 latency target is judged
+# on these pairs rather than against the peer harness's sluice row, measured minutes apart.
+echo "[run_load] sluice with batching on (sluice-batch) and off (sluice-nobatch, --max-batch-size 1), alternating"
+AB_PORT=8151
+ab_pass() { # server-label run extra-flags...
+  local label=$1 run=$2; shift 2
+  setsid $SLUICE_CMD --port $AB_PORT "$@" > "$WORK/$label.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$AB_PORT/v2/health/ready" && break; sleep 0.2; done
   for m in $MODELS; do
-    body=$BENCH_DIR/bodies/v2-$m.json url=http://127.0.0.1:$NB_PORT/v2/models/$m/infer
+    body=$BENCH_DIR/bodies/v2-$m.json url=http://127.0.0.1:$AB_PORT/v2/models/$m/infer
     BODY_FILE=$body wrk -t1 -c8 -d3s --timeout 10s -s "$BENCH_DIR/post.lua" "$url" > /dev/null 2>&1
     for c in $CONCS; do
       BODY_FILE=$body wrk -t1 -c"$c" -d"${DUR}"s --timeout 10s --latency -s "$BENCH_DIR/post.lua" "$url" > "$WORK/wrk.out" 2>&1
-      (cd "$BENCH_DIR" && python3 benchlib.py wrkline "$WORK/wrk.out" server=sluice-nobatch model="$m" conc="$c" run="$run" \
+      (cd "$BENCH_DIR" && python3 benchlib.py wrkline "$WORK/wrk.out" server="$label" model="$m" conc="$c" run="$run" \
         cpu_s=0 load1_before="$(cut -d' ' -f1 /proc/loadavg)") >> "$BENCH_DIR/results/raw-$TAG.jsonl"
     done
   done
-  kill -TERM -- "-$NB_PID" 2> /dev/null || kill -TERM "$NB_PID"; wait "$NB_PID" 2> /dev/null || true
+  kill -TERM -- "-$pid" 2> /dev/null || kill -TERM "$pid"; wait "$pid" 2> /dev/null || true
+}
+for run in $(seq 1 "$RUNS"); do
+  ab_pass sluice-batch "$run"
+  ab_pass sluice-nobatch "$run" --max-batch-size 1
 done
 
 echo "[run_load] bare hyper floor (same bodies, same answers, no model)"

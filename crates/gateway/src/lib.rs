@@ -155,7 +155,24 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await
+    let pacer = tokio::spawn(pace_timers());
+    let served = axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await;
+    pacer.abort();
+    served
+}
+
+/// Keeps a timer due within a second on this runtime, for as long as it is polled.
+///
+/// Every proxied request arms a timer (the upstream timeout). Tokio wakes its event loop through
+/// an eventfd whenever a new timer is due before the loop's next planned wake-up, and a loop with
+/// no timers has none planned: so on a lightly loaded gateway each request paid one extra write
+/// and one extra `epoll_wait`. A timer that is always due sooner than any request's timeout makes
+/// those wake-ups unnecessary, at the cost of one wake-up per second.
+async fn pace_timers() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+    }
 }
 
 /// Serves the gateway on `threads` single-threaded runtimes, each accepting on its own
