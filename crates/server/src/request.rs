@@ -467,15 +467,20 @@ impl<'a> Reader<'a> {
 }
 
 /// Fields already read in one object, so a repeated one is refused rather than silently replaced.
+/// A bit per field name in [`FIELDS`]: no allocation per object.
 #[derive(Default)]
-struct Seen(Vec<&'static str>);
+struct Seen(u16);
+
+/// Every field that [`Seen`] tracks, across the request and input objects.
+const FIELDS: [&str; 8] = ["id", "parameters", "inputs", "outputs", "name", "shape", "datatype", "data"];
 
 impl Seen {
     fn once(&mut self, field: &'static str) -> Read<()> {
-        if self.0.contains(&field) {
+        let bit = 1 << FIELDS.iter().position(|&f| f == field).expect("a tracked field; this is a bug");
+        if self.0 & bit != 0 {
             return Err(Fault::Request(format!("duplicate field `{field}`")));
         }
-        self.0.push(field);
+        self.0 |= bit;
         Ok(())
     }
 }
