@@ -145,9 +145,12 @@ impl Gateway {
         })?;
         self.authorize(&table, &target, &parts.headers)?;
         // The version is chosen while the pin and route-key headers are still there.
-        let choice = match &target {
-            Target::Endpoint(endpoint) => Some(self.choose(endpoint, &parts.headers)?),
-            Target::Service(_) => None,
+        let (service, stats, version_header, shadow) = match &target {
+            Target::Service(service) => (service, &service.stats, &service.version_header, None),
+            Target::Endpoint(endpoint) => {
+                let (version, shadow) = self.choose(endpoint, &parts.headers)?;
+                (&version.service, &version.stats, &version.version_header, shadow)
+            }
         };
         let body = read_body(body, &parts.headers, self.settings.max_body_bytes).await?;
         for name in NOT_FORWARDED {
@@ -161,17 +164,9 @@ impl Gateway {
             headers: parts.headers,
             body,
         });
-
-        let (service, stats, version_header) = match (&target, choice) {
-            (Target::Service(service), _) => (service, &service.stats, &service.version_header),
-            (Target::Endpoint(_), Some((version, shadow))) => {
-                if let Some(shadow) = shadow {
-                    self.mirror(shadow.service.clone(), shadow.stats.clone(), outgoing.clone());
-                }
-                (&version.service, &version.stats, &version.version_header)
-            }
-            (Target::Endpoint(_), None) => unreachable!("an endpoint always has a choice; this is a bug"),
-        };
+        if let Some(shadow) = shadow {
+            self.mirror(shadow.service.clone(), shadow.stats.clone(), outgoing.clone());
+        }
         let result = self.forward(service, &outgoing).await;
         let status = result.as_ref().map_or_else(GatewayError::status, |r| r.status());
         stats.record(status, started.elapsed());

@@ -21,14 +21,15 @@ const EJECT_MAX: Duration = Duration::from_secs(30);
 /// One scoring replica. Shared across tables by address, so its failure history survives reloads.
 #[derive(Debug)]
 pub struct Replica {
-    pub addr: String,
+    /// `host:port`; shared with the upstream pool, which keys idle connections by it.
+    pub addr: Arc<str>,
     consecutive_failures: AtomicU32,
     /// Milliseconds since the gateway's clock origin before which the replica is skipped.
     ejected_until_ms: AtomicU64,
 }
 
 impl Replica {
-    fn new(addr: String) -> Self {
+    fn new(addr: Arc<str>) -> Self {
         Replica { addr, consecutive_failures: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) }
     }
 
@@ -63,7 +64,7 @@ pub struct ReplicaSet {
 impl ReplicaSet {
     fn get(&self, addr: &str) -> Arc<Replica> {
         let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(addr.to_owned()).or_insert_with(|| Arc::new(Replica::new(addr.to_owned()))).clone()
+        map.entry(addr.to_owned()).or_insert_with(|| Arc::new(Replica::new(addr.into()))).clone()
     }
 
     /// Forgets replicas that no configuration names any more.

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,22 +28,27 @@ const MAX_IDLE_PER_REPLICA: usize = 128;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 thread_local! {
-    static IDLE: RefCell<HashMap<String, Vec<Sender>>> = RefCell::default();
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<Sender>>> = RefCell::default();
 }
 
 fn take_idle(addr: &str) -> Option<Sender> {
     IDLE.with(|idle| idle.borrow_mut().get_mut(addr).and_then(Vec::pop))
 }
 
-fn give_back(addr: &str, sender: Sender) {
+fn give_back(addr: &Arc<str>, sender: Sender) {
     if sender.is_closed() {
         return;
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(addr.to_owned()).or_default();
-        if list.len() < MAX_IDLE_PER_REPLICA {
-            list.push(sender);
+        // Looked up by reference: once a replica has a list, returning a connection allocates
+        // nothing.
+        match idle.get_mut(&**addr) {
+            Some(list) if list.len() < MAX_IDLE_PER_REPLICA => list.push(sender),
+            Some(_) => {}
+            None => {
+                idle.insert(addr.clone(), vec![sender]);
+            }
         }
     });
 }
@@ -65,7 +71,7 @@ async fn connect(addr: &str) -> Result<Sender, String> {
 /// Sends the request `build` makes to `addr`, over an idle connection when there is one. A pooled
 /// connection the replica has closed meanwhile costs one retry on a fresh connection, never an
 /// error for the caller.
-pub async fn send(addr: &str, build: impl Fn() -> Request<Full<Bytes>>) -> Result<Response<Body>, String> {
+pub async fn send(addr: &Arc<str>, build: impl Fn() -> Request<Full<Bytes>>) -> Result<Response<Body>, String> {
     let mut pooled = take_idle(addr);
     loop {
         let reused = pooled.is_some();
@@ -82,7 +88,7 @@ pub async fn send(addr: &str, build: impl Fn() -> Request<Full<Bytes>>) -> Resul
         }
         match sender.send_request(build()).await {
             Ok(response) => {
-                let addr = addr.to_owned();
+                let addr = addr.clone();
                 return Ok(response.map(|body| Body::new(Returning { body, sender: Some(sender), addr })));
             }
             // The replica closed an idle keep-alive connection just as it was reused.
@@ -98,7 +104,7 @@ pub async fn send(addr: &str, build: impl Fn() -> Request<Full<Bytes>>) -> Resul
 struct Returning {
     body: Incoming,
     sender: Option<Sender>,
-    addr: String,
+    addr: Arc<str>,
 }
 
 impl http_body::Body for Returning {
