@@ -1,8 +1,6 @@
 //! Every way the gateway refuses or fails a request, and the one place that maps each to a status.
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 
 /// Where a failure came from decides its status (design.md, "Status codes"). Messages never
 /// contain a credential.
@@ -18,6 +16,10 @@ pub enum GatewayError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// No replica can take the request right now.
     #[error("{0}")]
     Unavailable(String),
@@ -38,6 +40,8 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -52,6 +56,8 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::PayloadTooLarge { .. } => "too_large",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::HeadersTooLarge(_) => "headers_too_large",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Upstream(_) => "upstream_error",
@@ -59,20 +65,18 @@ impl GatewayError {
     }
 }
 
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let mut response = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
-        let headers = response.headers_mut();
-        match status {
-            StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
+impl GatewayError {
+    /// The JSON body of this error's response: `{"error": "..."}`.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "error": self.to_string() })).unwrap_or_default()
+    }
+
+    /// Headers the status asks for: how to authenticate after a 401, when to retry after a 503.
+    pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => &[("www-authenticate", "Bearer")],
+            StatusCode::SERVICE_UNAVAILABLE => &[("retry-after", "1")],
+            _ => &[],
         }
-        response
     }
 }

@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod date;
 pub mod error;
 pub mod metrics;
 mod proxy;
+mod server;
 pub mod split;
 mod table;
 mod upstream;
@@ -20,16 +22,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use http::StatusCode;
 use sluice_auth::Algorithm;
 
 pub use config::{AuthPolicy, EndpointRoute, EndpointVersion, GatewayConfig, ServiceRoute, TargetKind, token_audience};
 pub use metrics::GatewayMetrics;
 pub use proxy::{ROUTE_KEY_HEADER, VERSION_HEADER};
+pub use server::serve;
 pub use table::ConfigError;
 use table::{ReplicaSet, RouteTable};
 
@@ -123,55 +122,6 @@ impl Gateway {
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").field("generation", &self.generation()).finish_non_exhaustive()
-    }
-}
-
-/// The gateway's HTTP surface: its own health and metrics, everything else proxied.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
-        .route("/v2/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .fallback(proxy::handle)
-        .with_state(gateway)
-}
-
-async fn ready(State(gw): State<Arc<Gateway>>) -> StatusCode {
-    if gw.is_configured() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
-}
-
-async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], gw.metrics.render())
-        .into_response()
-}
-
-/// Serves the gateway on `listener` until `shutdown` resolves; in-flight requests finish first.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let pacer = tokio::spawn(pace_timers());
-    let served = axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown).await;
-    pacer.abort();
-    served
-}
-
-/// Keeps a timer due within a second on this runtime, for as long as it is polled.
-///
-/// Every proxied request arms a timer (the upstream timeout). Tokio wakes its event loop through
-/// an eventfd whenever a new timer is due before the loop's next planned wake-up, and a loop with
-/// no timers has none planned: so on a lightly loaded gateway each request paid one extra write
-/// and one extra `epoll_wait`. A timer that is always due sooner than any request's timeout makes
-/// those wake-ups unnecessary, at the cost of one wake-up per second.
-async fn pace_timers() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-    loop {
-        tick.tick().await;
     }
 }
 

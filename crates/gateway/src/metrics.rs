@@ -34,8 +34,10 @@ impl RouteStats {
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Reasons a request is refused by the gateway itself.
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 10] = [
     "not_found",
+    "method_not_allowed",
+    "headers_too_large",
     "unauthorized",
     "forbidden",
     "too_large",

@@ -4,40 +4,32 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, Method, Uri, header};
-use http_body_util::{BodyExt, Full};
+use bytes::Bytes;
+use http::HeaderValue;
 use sluice_auth::{KeyDigest, bearer_credential};
+use sluice_http1::Head;
 
 use crate::Gateway;
 use crate::config::{AuthPolicy, TargetKind};
 use crate::error::GatewayError;
+use crate::metrics::RouteStats;
 use crate::split::unit_interval_at;
 use crate::table::{EndpointTarget, RouteTable, ServiceTarget, Target, VersionTarget, millis_since};
+use crate::upstream::Answer;
 
 /// Pins a request to one version by name; also names the version that answered, on every response.
 pub const VERSION_HEADER: &str = "x-sluice-version";
 /// Routes a request by a stable hash of its value, so one user stays on one version.
 pub const ROUTE_KEY_HEADER: &str = "x-sluice-route-key";
 
-/// Headers that describe one hop, or that the replica must not see (the caller's credential).
-/// Removed in place from the caller's headers, which are then forwarded without a copy.
-const NOT_FORWARDED: [&str; 12] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "authorization",
-    VERSION_HEADER,
-    ROUTE_KEY_HEADER,
-];
+/// Headers the replica must not see besides the hop-by-hop ones: the caller's credential, the
+/// gateway's own routing headers, and framing the gateway sets itself.
+const NOT_FORWARDED: [&str; 6] =
+    ["host", "authorization", "content-length", "expect", VERSION_HEADER, ROUTE_KEY_HEADER];
+
+/// Largest response body taken from a replica; a larger one fails the request with 502 rather
+/// than holding unbounded memory.
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
 
 /// A parsed gateway URL: which target, and the path to send upstream.
 struct Route<'a> {
@@ -105,98 +97,142 @@ fn upstream_path(rest: &str, model: Option<&str>, query: Option<&str>) -> String
     out
 }
 
-/// The axum fallback: every scoring route goes through here.
-pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    match gw.route(request).await {
-        Ok(response) => response,
-        Err(e) => {
-            gw.metrics.refused(e.reason());
-            e.into_response()
-        }
-    }
-}
-
 /// What is sent upstream, prepared once and reused across retries and the shadow copy.
-struct Outgoing {
-    method: Method,
+pub(crate) struct Outgoing {
+    method: String,
     rest: String,
     rewrite_model: bool,
     query: Option<String>,
-    headers: HeaderMap,
+    /// The caller's headers that are forwarded, as header lines.
+    headers: Vec<u8>,
     body: Bytes,
+}
+
+impl Outgoing {
+    pub(crate) fn new(request: &Head, decision: &Decision, body: Bytes) -> Self {
+        let mut headers = Vec::with_capacity(256);
+        for (name, value) in request.headers() {
+            if !NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name)) && !request.is_hop_by_hop(name) {
+                sluice_http1::push_header(&mut headers, name, value);
+            }
+        }
+        let query = request.target().split_once('?').map(|(_, q)| q.to_owned());
+        Outgoing {
+            method: request.method().to_owned(),
+            rest: decision.rest.clone(),
+            rewrite_model: decision.rewrite_model,
+            query,
+            headers,
+            body,
+        }
+    }
+
+    /// The request head for one attempt at `replica`, with the path `path`.
+    fn head_for(&self, replica: &str, path: &str) -> Vec<u8> {
+        let mut head = Vec::with_capacity(64 + path.len() + self.headers.len());
+        head.extend_from_slice(self.method.as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        sluice_http1::push_header(&mut head, "host", replica.as_bytes());
+        head.extend_from_slice(&self.headers);
+        if !self.body.is_empty() || self.method != "GET" && self.method != "HEAD" {
+            sluice_http1::push_content_length(&mut head, self.body.len());
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+}
+
+/// Everything decided about a request before its body is read: where it goes, under which name
+/// it is measured and answered, and the shadow that gets a copy.
+pub(crate) struct Decision {
+    service: Arc<ServiceTarget>,
+    stats: Arc<RouteStats>,
+    version_header: HeaderValue,
+    /// Whether the caller named an endpoint (its errors then still name the version tried).
+    endpoint: bool,
+    shadow: Option<(Arc<ServiceTarget>, Arc<RouteStats>)>,
+    rest: String,
+    rewrite_model: bool,
+}
+
+/// What the caller gets back for a forwarded request.
+pub(crate) enum Outcome {
+    Answer(Answer, HeaderValue),
+    Failed(GatewayError, Option<HeaderValue>),
 }
 
 // === impl Gateway ===
 
 impl Gateway {
-    async fn route(self: &Arc<Self>, request: Request) -> Result<Response, GatewayError> {
-        let started = Instant::now();
-        let table = self.table.load_full();
-        let (mut parts, body) = request.into_parts();
-        let route = parse_route(parts.uri.path()).ok_or_else(|| {
+    /// Resolves the route, authenticates and picks the version: everything that can refuse a
+    /// request before its body is read (so a refused caller never uploads it).
+    pub(crate) fn decide(&self, request: &Head) -> Result<Decision, GatewayError> {
+        let table = self.table.load();
+        let path = request.target().split('?').next().unwrap_or_default();
+        let route = parse_route(path).ok_or_else(|| {
             GatewayError::NotFound(format!(
-                "no route for {}: use /endpoints/NAME/..., /services/NAME/... or /v2/models/NAME/...",
-                parts.uri.path()
+                "no route for {path}: use /endpoints/NAME/..., /services/NAME/... or /v2/models/NAME/..."
             ))
         })?;
         let target = table.target(route.kind, route.name).ok_or_else(|| {
             let what = route.kind.map_or("endpoint or service", TargetKind::as_str);
             GatewayError::NotFound(format!("no {what} named '{}'", route.name))
         })?;
-        self.authorize(&table, &target, &parts.headers)?;
-        // The version is chosen while the pin and route-key headers are still there.
+        self.authorize(&table, &target, request)?;
         let (service, stats, version_header, shadow) = match &target {
             Target::Service(service) => (service, &service.stats, &service.version_header, None),
             Target::Endpoint(endpoint) => {
-                let (version, shadow) = self.choose(endpoint, &parts.headers)?;
+                let (version, shadow) = self.choose(endpoint, request)?;
                 (&version.service, &version.stats, &version.version_header, shadow)
             }
         };
-        let body = read_body(body, &parts.headers, self.settings.max_body_bytes).await?;
-        for name in NOT_FORWARDED {
-            parts.headers.remove(name);
-        }
-        let outgoing = Arc::new(Outgoing {
-            method: parts.method,
+        Ok(Decision {
+            service: service.clone(),
+            stats: stats.clone(),
+            version_header: version_header.clone(),
+            endpoint: matches!(target, Target::Endpoint(_)),
+            shadow: shadow.map(|s| (s.service.clone(), s.stats.clone())),
             rest: route.rest.to_owned(),
             rewrite_model: route.rewrite_model,
-            query: parts.uri.query().map(str::to_owned),
-            headers: parts.headers,
-            body,
-        });
-        if let Some(shadow) = shadow {
-            self.mirror(shadow.service.clone(), shadow.stats.clone(), outgoing.clone());
+        })
+    }
+
+    /// Forwards a decided request (and mirrors it), measuring it under its route.
+    pub(crate) async fn dispatch(self: &Arc<Self>, decision: Decision, out: Outgoing, started: Instant) -> Outcome {
+        let out = Arc::new(out);
+        if let Some((service, stats)) = decision.shadow {
+            self.mirror(service, stats, out.clone());
         }
-        let result = self.forward(service, &outgoing).await;
-        let status = result.as_ref().map_or_else(GatewayError::status, |r| r.status());
-        stats.record(status, started.elapsed());
-        let mut response = match (result, &target) {
-            (Ok(r), _) => r,
-            // A direct service call's failure is the gateway's own error response...
-            (Err(e), Target::Service(_)) => return Err(e),
-            // ...an endpoint's still names the version that was tried.
-            (Err(e), Target::Endpoint(_)) => {
-                self.metrics.refused(e.reason());
-                e.into_response()
-            }
+        let result = self.forward(&decision.service, &out).await;
+        let status = match &result {
+            Ok(answer) => http::StatusCode::from_u16(answer.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY),
+            Err(e) => e.status(),
         };
-        response.headers_mut().insert(VERSION_HEADER, version_header.clone());
-        Ok(response)
+        decision.stats.record(status, started.elapsed());
+        match result {
+            Ok(answer) => Outcome::Answer(answer, decision.version_header),
+            Err(e) => {
+                self.metrics.refused(e.reason());
+                Outcome::Failed(e, decision.endpoint.then_some(decision.version_header))
+            }
+        }
     }
 
     /// The version a request goes to (pinned, sticky or weighted) and the shadow that gets a copy.
     fn choose<'e>(
         &self,
         endpoint: &'e EndpointTarget,
-        headers: &HeaderMap,
+        request: &Head,
     ) -> Result<(&'e VersionTarget, Option<&'e VersionTarget>), GatewayError> {
-        let (name, mirror) = match headers.get(VERSION_HEADER) {
+        let (name, mirror) = match request.header(VERSION_HEADER) {
             // A pinned request is a deliberate test of one version: never mirrored.
-            Some(v) => (v.to_str().unwrap_or_default(), None),
+            Some(v) => (std::str::from_utf8(v).unwrap_or_default(), None),
             None => {
                 let draw = self.draws.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
-                let (name, _) = match headers.get(ROUTE_KEY_HEADER) {
-                    Some(key) => endpoint.split.pick_sticky(key.as_bytes()),
+                let (name, _) = match request.header(ROUTE_KEY_HEADER) {
+                    Some(key) => endpoint.split.pick_sticky(key),
                     None => endpoint.split.pick(unit_interval_at(self.settings.seed, draw)),
                 };
                 (name, endpoint.split.mirror(unit_interval_at(self.settings.seed, draw + 1)))
@@ -216,20 +252,19 @@ impl Gateway {
 
     /// Key or token check for `target`. 401 for a missing or invalid credential, 403 for a valid
     /// one that belongs to something else. Errors never echo the credential.
-    fn authorize(&self, table: &RouteTable, target: &Target, headers: &HeaderMap) -> Result<(), GatewayError> {
+    fn authorize(&self, table: &RouteTable, target: &Target, request: &Head) -> Result<(), GatewayError> {
         let policy = target.auth();
         if matches!(policy, AuthPolicy::None) {
             return Ok(());
         }
-        let credential =
-            headers.get(header::AUTHORIZATION).and_then(|v| bearer_credential(v.as_bytes())).ok_or_else(|| {
-                GatewayError::Unauthorized(format!(
-                    "{} '{}' needs credentials: send 'Authorization: Bearer <{}>'",
-                    target.kind().as_str(),
-                    target.name(),
-                    if matches!(policy, AuthPolicy::Token) { "token" } else { "key" }
-                ))
-            })?;
+        let credential = request.header("authorization").and_then(bearer_credential).ok_or_else(|| {
+            GatewayError::Unauthorized(format!(
+                "{} '{}' needs credentials: send 'Authorization: Bearer <{}>'",
+                target.kind().as_str(),
+                target.name(),
+                if matches!(policy, AuthPolicy::Token) { "token" } else { "key" }
+            ))
+        })?;
         match policy {
             AuthPolicy::None => Ok(()),
             AuthPolicy::Keys { primary, secondary } => {
@@ -273,12 +308,13 @@ impl Gateway {
     /// Sends the request to one replica of `service`. A request that got no response (refused
     /// connection, reset, closed keep-alive connection) is resent to another replica: scoring has
     /// no side effects, so a replica dying mid-request costs the caller nothing.
-    async fn forward(&self, service: &ServiceTarget, out: &Outgoing) -> Result<Response, GatewayError> {
+    async fn forward(&self, service: &ServiceTarget, out: &Outgoing) -> Result<Answer, GatewayError> {
         let path = upstream_path(
             &out.rest,
             if out.rewrite_model { service.sole_model.as_deref() } else { None },
             out.query.as_deref(),
         );
+        let to_head = out.method == "HEAD";
         let mut tried = 0u64;
         let mut last_error = None;
         loop {
@@ -292,19 +328,9 @@ impl Gateway {
                 });
             };
             tried |= 1 << index;
-            let uri: Uri = format!("http://{}{path}", replica.addr)
-                .parse()
-                .map_err(|_| GatewayError::BadRequest("the request path is not a valid URI".into()))?;
-            let build = || {
-                let mut request = http::Request::new(Full::new(out.body.clone()));
-                *request.method_mut() = out.method.clone();
-                *request.uri_mut() = uri.clone();
-                *request.headers_mut() = out.headers.clone();
-                request
-            };
-            match tokio::time::timeout(self.settings.upstream_timeout, crate::upstream::send(&replica.addr, build))
-                .await
-            {
+            let head = out.head_for(&replica.addr, &path);
+            let sent = crate::upstream::send(&replica.addr, &head, &out.body, to_head, MAX_RESPONSE_BYTES);
+            match tokio::time::timeout(self.settings.upstream_timeout, sent).await {
                 Err(_) => {
                     return Err(GatewayError::UpstreamTimeout(format!(
                         "service '{}' did not answer within {} ms",
@@ -312,9 +338,9 @@ impl Gateway {
                         self.settings.upstream_timeout.as_millis()
                     )));
                 }
-                Ok(Ok(response)) => {
+                Ok(Ok(answer)) => {
                     replica.succeeded();
-                    return Ok(response);
+                    return Ok(answer);
                 }
                 Ok(Err(e)) => {
                     if replica.failed(now) {
@@ -348,10 +374,8 @@ impl Gateway {
             let _permit = permit;
             let started = Instant::now();
             let status = match tokio::time::timeout(gw.settings.shadow_timeout, gw.forward(&service, &out)).await {
-                Ok(Ok(response)) => {
-                    let status = response.status();
-                    let _ = response.into_body().collect().await;
-                    status
+                Ok(Ok(answer)) => {
+                    http::StatusCode::from_u16(answer.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY)
                 }
                 Ok(Err(e)) => e.status(),
                 Err(_) => http::StatusCode::GATEWAY_TIMEOUT,
@@ -359,23 +383,6 @@ impl Gateway {
             stats.record(status, started.elapsed());
         });
     }
-}
-
-/// The whole body, refused with 413 past `limit` (by Content-Length at once, else while reading).
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(GatewayError::PayloadTooLarge { limit });
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large {
-            GatewayError::PayloadTooLarge { limit }
-        } else {
-            GatewayError::BadRequest(format!("could not read the request body: {e}"))
-        }
-    })
 }
 
 #[cfg(test)]

@@ -97,9 +97,15 @@ async fn ambiguous_framing_is_refused() {
 #[tokio::test]
 async fn limits_hold() {
     let wire = b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world";
-    assert!(matches!(request(&mut trickle(wire, 64), &mut BytesMut::new(), 10).await, Err(Error::BodyTooLarge { limit: 10 })));
+    assert!(matches!(
+        request(&mut trickle(wire, 64), &mut BytesMut::new(), 10).await,
+        Err(Error::BodyTooLarge { limit: 10 })
+    ));
     let wire = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n";
-    assert!(matches!(request(&mut trickle(wire, 64), &mut BytesMut::new(), 10).await, Err(Error::BodyTooLarge { limit: 10 })));
+    assert!(matches!(
+        request(&mut trickle(wire, 64), &mut BytesMut::new(), 10).await,
+        Err(Error::BodyTooLarge { limit: 10 })
+    ));
     let (_, body) = request(&mut trickle(wire, 64), &mut BytesMut::new(), 11).await.expect("at the limit");
     assert_eq!(&body[..], b"hello world");
     let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
@@ -115,13 +121,16 @@ async fn limits_hold() {
 
 #[tokio::test]
 async fn broken_messages_are_errors_not_hangs() {
-    let cases: [(&[u8], fn(&Error) -> bool); 6] = [
+    type Expected = fn(&Error) -> bool;
+    let cases: [(&[u8], Expected); 6] = [
         (b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nshort", |e| matches!(e, Error::Incomplete)),
         (b"POST / HTTP/1.1\r\nContent-Le", |e| matches!(e, Error::Incomplete)),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", |e| matches!(e, Error::BadChunk)),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n", |e| matches!(e, Error::BadChunk)),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab", |e| matches!(e, Error::Incomplete)),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n", |e| matches!(e, Error::BadChunk)),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n", |e| {
+            matches!(e, Error::BadChunk)
+        }),
     ];
     for (wire, expected) in cases {
         let got = request(&mut trickle(wire, 5), &mut BytesMut::new(), 1 << 20).await;

@@ -1,0 +1,322 @@
+//! The gateway's HTTP/1.1 server and upstream client against a real replica (an axum server) over
+//! loopback: what is forwarded and what is not, framing in both directions, limits, keep-alive,
+//! pipelining, `Expect: 100-continue`, stale pooled connections and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sluice_auth::KeyDigest;
+use sluice_gateway::{AuthPolicy, Gateway, GatewayConfig, GatewaySettings, ServiceRoute};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const KEY: &str = "k3y-for-the-locked-service-0123456789abcdef";
+const LIMIT: usize = 1024;
+
+/// Answers with what it received, so a test can see exactly what the gateway forwarded.
+async fn echo(request: Request) -> axum::Json<Value> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let headers: serde_json::Map<String, Value> =
+        parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), json!(v.to_str().unwrap_or("?")))).collect();
+    axum::Json(json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    }))
+}
+
+fn replica_app() -> Router {
+    Router::new()
+        .route("/v2/models/m/infer", post(echo))
+        .route("/v2/models/m", get(echo))
+        .route(
+            "/v2/models/m/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "slow answer"
+            }),
+        )
+        // No length known in advance: hyper sends it chunked.
+        .route(
+            "/v2/models/m/chunked",
+            get(|| async {
+                let parts = ["chunk one, ", "chunk two"].map(|p| Ok::<_, std::io::Error>(p));
+                Body::from_stream(futures_util::stream::iter(parts))
+            }),
+        )
+}
+
+/// A replica on `listener` until `stop` fires.
+fn replica(listener: TcpListener) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, replica_app())
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    stop
+}
+
+struct Fixture {
+    gateway: SocketAddr,
+    replica: SocketAddr,
+    stop_replica: Option<oneshot::Sender<()>>,
+    stop_gateway: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start() -> Fixture {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind replica");
+    let replica_addr = listener.local_addr().expect("addr");
+    let stop_replica = replica(listener);
+    let settings = GatewaySettings { max_body_bytes: LIMIT, seed: 7, ..GatewaySettings::default() };
+    let gateway = Gateway::new(settings);
+    let route = |name: &str, auth| ServiceRoute {
+        name: name.into(),
+        models: vec!["m".into()],
+        replicas: vec![replica_addr.to_string()],
+        auth,
+    };
+    let digest = KeyDigest::of(KEY);
+    let config = GatewayConfig {
+        generation: 1,
+        services: vec![
+            route("open", AuthPolicy::None),
+            route("locked", AuthPolicy::Keys { primary: digest.clone(), secondary: digest }),
+        ],
+        ..GatewayConfig::default()
+    };
+    gateway.apply(&config).expect("config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_gateway, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(sluice_gateway::serve(listener, gateway, async move {
+        let _ = stopped.await;
+    }));
+    Fixture {
+        gateway: addr,
+        replica: replica_addr,
+        stop_replica: Some(stop_replica),
+        stop_gateway: Some(stop_gateway),
+        served,
+    }
+}
+
+/// Sends raw bytes and reads until the gateway closes or `until` appears `count` times.
+async fn raw(stream: &mut TcpStream, send: &[u8], until: &str, count: usize) -> String {
+    stream.write_all(send).await.expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches(until).count() < count {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await.expect("answer in time") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether the gateway closed the connection (read returns end of stream).
+async fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn forwards_the_request_but_not_the_hop_or_the_credential() {
+    let f = start().await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/services/locked/v2/models/m/infer?trace=1", f.gateway))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("x-caller", "kept")
+        .header("x-sluice-route-key", "user-1")
+        .header("connection", "x-hop")
+        .header("x-hop", "dropped")
+        .body("{\"inputs\": []}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-sluice-version"], "locked");
+    assert!(response.headers().contains_key("content-length"));
+    let seen: Value = response.json().await.expect("json");
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["uri"], "/v2/models/m/infer?trace=1");
+    assert_eq!(seen["body"], "{\"inputs\": []}");
+    let headers = &seen["headers"];
+    assert_eq!(headers["host"], f.replica.to_string());
+    assert_eq!(headers["x-caller"], "kept");
+    assert_eq!(headers["content-length"], "14");
+    for gone in ["authorization", "x-sluice-route-key", "x-hop", "connection"] {
+        assert!(headers.get(gone).is_none(), "{gone} reached the replica: {headers}");
+    }
+    // The same connection carries on: the key is checked per request.
+    let refused =
+        client.post(format!("http://{}/services/locked/v2/models/m/infer", f.gateway)).send().await.expect("send");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    let error: Value = refused.json().await.expect("json error");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("needs credentials")), "{error}");
+}
+
+#[tokio::test]
+async fn pipelined_and_chunked_requests_are_answered_in_order() {
+    let f = start().await;
+    let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+    let wire = b"POST /services/open/v2/models/m/infer HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nfirst\r\n0\r\n\r\n\
+        POST /services/open/v2/models/m/infer HTTP/1.1\r\nHost: g\r\nContent-Length: 6\r\n\r\nsecond\
+        GET /v2/health/live HTTP/1.1\r\nHost: g\r\n\r\n";
+    let got = raw(&mut s, wire, "HTTP/1.1 ", 3).await;
+    let first = got.find("\"body\":\"first\"").expect("first answered");
+    let second = got.find("\"body\":\"second\"").expect("second answered");
+    assert!(first < second, "{got}");
+    assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 3, "{got}");
+}
+
+#[tokio::test]
+async fn expect_continue_is_honoured_and_refusals_skip_the_upload() {
+    let f = start().await;
+    let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+    let head = b"POST /services/open/v2/models/m/infer HTTP/1.1\r\nHost: g\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    let interim = raw(&mut s, head, "\r\n\r\n", 1).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{interim}");
+    let answer = raw(&mut s, b"body", "\"body\":\"body\"", 1).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+
+    // Without a key the answer is final at once, and the connection closes (the body never came).
+    let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+    let head = b"POST /services/locked/v2/models/m/infer HTTP/1.1\r\nHost: g\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    let answer = raw(&mut s, head, "}", 1).await;
+    assert!(answer.starts_with("HTTP/1.1 401 Unauthorized") && !answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(closed(&mut s).await);
+
+    // A refused request whose body was sent anyway is read past, and the connection stays usable.
+    let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+    let wire = b"POST /services/nobody/v2/models/m/infer HTTP/1.1\r\nHost: g\r\nContent-Length: 4\r\n\r\nbody\
+        GET /v2/health/live HTTP/1.1\r\nHost: g\r\n\r\n";
+    let got = raw(&mut s, wire, "HTTP/1.1 ", 2).await;
+    assert!(got.starts_with("HTTP/1.1 404 Not Found") && got.contains("no service named 'nobody'"), "{got}");
+    assert!(got.contains("HTTP/1.1 200 OK"), "{got}");
+}
+
+#[tokio::test]
+async fn limits_and_malformed_requests_get_a_named_4xx() {
+    let f = start().await;
+    let cases: [(&[u8], &str, &str); 4] = [
+        (
+            b"POST /services/open/v2/models/m/infer HTTP/1.1\r\nContent-Length: 5000\r\n\r\n",
+            "413 Content Too Large",
+            "larger than the limit of 1024 bytes",
+        ),
+        (
+            b"POST /services/open/v2/models/m/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n500\r\n",
+            "413 Content Too Large",
+            "larger than the limit",
+        ),
+        (
+            b"POST /services/open/v2/models/m/infer HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "400 Bad Request",
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (b"GARBAGE\x01 / HTTP/1.1\r\n\r\n", "400 Bad Request", "malformed"),
+    ];
+    for (wire, status, message) in cases {
+        let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+        let got = raw(&mut s, wire, "}", 1).await;
+        assert!(got.starts_with(&format!("HTTP/1.1 {status}")) && got.contains(message), "{got}");
+        assert!(closed(&mut s).await, "connection left open after: {got}");
+    }
+    let mut big = b"GET /v2/health/live HTTP/1.1\r\nX-Big: ".to_vec();
+    big.resize(70 * 1024, b'a');
+    let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+    let got = raw(&mut s, &big, "}", 1).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+    let got = raw(&mut s, b"DELETE /metrics HTTP/1.1\r\n\r\n", "}", 1).await;
+    assert!(got.starts_with("HTTP/1.1 405") && got.contains("allow: GET, HEAD"), "{got}");
+    // None of it hurt the gateway.
+    let ok = reqwest::get(format!("http://{}/v2/health/ready", f.gateway)).await.expect("ready");
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn chunked_and_head_answers_are_reframed() {
+    let f = start().await;
+    let mut s = TcpStream::connect(f.gateway).await.expect("connect");
+    let got = raw(&mut s, b"GET /services/open/v2/models/m/chunked HTTP/1.1\r\nHost: g\r\n\r\n", "chunk two", 1).await;
+    assert!(got.contains("content-length: 20\r\n") && !got.to_ascii_lowercase().contains("transfer-encoding"), "{got}");
+    assert!(got.ends_with("\r\n\r\nchunk one, chunk two"), "{got}");
+    // HEAD: the length a GET would have, and no body; the connection then carries a GET.
+    let got = raw(
+        &mut s,
+        b"HEAD /services/open/v2/models/m HTTP/1.1\r\nHost: g\r\n\r\nGET /services/open/v2/models/m HTTP/1.1\r\nHost: g\r\n\r\n",
+        "\"method\":\"GET\"",
+        1,
+    )
+    .await;
+    let (head_answer, get_answer) = got.split_once("\r\n\r\n").expect("two answers");
+    assert!(head_answer.starts_with("HTTP/1.1 200 OK") && head_answer.contains("content-length: "), "{got}");
+    assert!(get_answer.starts_with("HTTP/1.1 200 OK"), "HEAD answer carried a body: {got}");
+}
+
+#[tokio::test]
+async fn a_replica_restart_behind_pooled_connections_costs_no_request() {
+    let mut f = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/services/open/v2/models/m/infer", f.gateway);
+    // Enough concurrent requests to leave several pooled connections to the replica.
+    let first = futures_util::future::join_all((0..4).map(|_| client.post(&url).body("x").send())).await;
+    assert!(first.iter().all(|r| r.as_ref().is_ok_and(|r| r.status() == 200)));
+    // The replica goes away (closing its keep-alive connections) and comes back on the same port.
+    let _ = f.stop_replica.take().expect("replica").send(());
+    let listener = loop {
+        match TcpListener::bind(f.replica).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    f.stop_replica = Some(replica(listener));
+    for _ in 0..8 {
+        let r = client.post(&url).body("again").send().await.expect("send");
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_answers_requests_in_flight_first() {
+    let mut f = start().await;
+    let url = format!("http://{}/services/open/v2/models/m/slow", f.gateway);
+    let slow = tokio::spawn(async move { reqwest::Client::new().post(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = f.stop_gateway.take().expect("gateway").send(());
+    assert_eq!(slow.await.expect("join").expect("slow request answered"), 200);
+    tokio::time::timeout(Duration::from_secs(5), &mut f.served)
+        .await
+        .expect("serve returned")
+        .expect("join")
+        .expect("ok");
+    assert!(TcpStream::connect(f.gateway).await.is_err(), "still accepting after shutdown");
+}
+
+#[tokio::test]
+async fn gateway_metrics_count_refusals() {
+    let f = start().await;
+    let client = reqwest::Client::new();
+    let _ = client.get(format!("http://{}/services/locked/v2/models/m", f.gateway)).send().await.expect("send");
+    let text =
+        client.get(format!("http://{}/metrics", f.gateway)).send().await.expect("metrics").text().await.expect("text");
+    assert!(text.lines().any(|l| l.contains("reason=\"unauthorized\"") && l.ends_with(" 1")), "{text}");
+}
