@@ -8,7 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-mod date;
 pub mod error;
 pub mod metrics;
 mod proxy;

@@ -48,7 +48,7 @@ fn replica_app() -> Router {
         .route(
             "/v2/models/m/chunked",
             get(|| async {
-                let parts = ["chunk one, ", "chunk two"].map(|p| Ok::<_, std::io::Error>(p));
+                let parts = ["chunk one, ", "chunk two"].map(Ok::<_, std::io::Error>);
                 Body::from_stream(futures_util::stream::iter(parts))
             }),
         )
@@ -92,7 +92,7 @@ async fn start() -> Fixture {
         generation: 1,
         services: vec![
             route("open", AuthPolicy::None),
-            route("locked", AuthPolicy::Keys { primary: digest.clone(), secondary: digest }),
+            route("locked", AuthPolicy::Keys { primary: digest, secondary: digest }),
         ],
         ..GatewayConfig::default()
     };

@@ -1,4 +1,4 @@
-//! The `Date` header of the gateway's own responses, formatted once per second per thread.
+//! The `Date` header of Sluice's own responses, formatted once per second per thread.
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};

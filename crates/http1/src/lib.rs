@@ -10,6 +10,13 @@
 //! What it refuses, as a proxy in front of other servers must (RFC 9112): a request with both
 //! `Transfer-Encoding` and `Content-Length`, disagreeing `Content-Length` values, transfer codings
 //! other than `chunked`, heads over [`MAX_HEAD_BYTES`], bodies over the caller's limit.
+//!
+//! [`server`] runs the keep-alive connection loop that the gateway and the scoring server share.
+
+mod date;
+pub mod server;
+
+pub use date::now as http_date;
 
 use std::ops::Range;
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod front;
 pub mod json;
 mod repository;
 pub mod request;
@@ -12,7 +13,7 @@ mod v2;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use axum::Router;
@@ -21,12 +22,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use sluice_runtime::{ErrorKind, ModelHandle};
 use sluice_telemetry::TextEncoder;
 
 pub use error::ApiError;
+pub use front::serve;
 pub use repository::Repository;
 pub use v2::HEADER_LENGTH;
 
@@ -166,39 +167,4 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         models.iter().zip(&labels).map(|(m, l)| (&l[..], m.config().instance_count as f64)),
     );
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], enc.finish()).into_response()
-}
-
-/// Keeps a timer due within a second on the runtime while the server runs. Each request arms a
-/// timer (its scoring timeout), and tokio wakes its event loop through an eventfd whenever a new
-/// timer is due before the loop's next planned wake-up; an idle loop has none planned, so without
-/// this a lightly loaded server paid an extra write and `epoll_wait` per request. (The gateway
-/// does the same for its upstream timeout.)
-async fn pace_timers() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-    }
-}
-
-/// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, reports not
-/// ready, and returns once in-flight requests have finished.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(state.clone());
-    // Small request/response pairs: Nagle's algorithm would add up to 40 ms of latency.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let pacer = tokio::spawn(pace_timers());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            state.ready.store(false, Ordering::Release);
-        })
-        .await;
-    pacer.abort();
-    served
 }

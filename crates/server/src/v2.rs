@@ -46,15 +46,16 @@ impl<S: Send + Sync> FromRequestParts<S> for HeaderLength {
     }
 }
 
-fn decode<'a>(header_length: Option<&HeaderValue>, body: &'a Bytes) -> Result<InferRequest<'a>, ApiError> {
+fn decode<'a>(header_length: Option<&[u8]>, body: &'a Bytes) -> Result<InferRequest<'a>, ApiError> {
     let (json, mut binary) = match header_length {
         None => (&body[..], &[][..]),
         Some(v) => {
-            let len: usize = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| ApiError::bad_request(format!("{HEADER_LENGTH} must be a byte count, got {v:?}")))?;
+            let len: usize = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{HEADER_LENGTH} must be a byte count, got {:?}",
+                    String::from_utf8_lossy(v)
+                ))
+            })?;
             if len > body.len() {
                 return Err(ApiError::bad_request(format!(
                     "{HEADER_LENGTH} is {len} but the body has only {} bytes",
@@ -160,11 +161,7 @@ fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[b
     Ok(response)
 }
 
-async fn infer_on(
-    model: &ModelHandle,
-    header_length: Option<&HeaderValue>,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
+async fn infer_on(model: &ModelHandle, header_length: Option<&[u8]>, body: &Bytes) -> Result<Response, ApiError> {
     let request = decode(header_length, body)?;
     let signature = model.signature();
     let inputs = signature.order_inputs(request.inputs).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -182,19 +179,17 @@ async fn infer_on(
     encode(model, request.id.as_deref(), &outcome.outputs, &binary)
 }
 
-async fn infer_model(
+/// Runs an infer request for model `name` (at `version`, or its default version). The body was
+/// read by the caller; a failure to read it still counts as a failed request of the model.
+pub(crate) async fn infer_model(
     state: &AppState,
     name: &str,
     version: Option<&str>,
-    header_length: HeaderLength,
-    body: Body,
+    header_length: Option<&[u8]>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
     let model = state.repository.get(name, version)?;
-    instrumented(model, async {
-        let body = read_body(body, state.config.max_body_bytes)?;
-        infer_on(model, header_length.0.as_ref(), &body).await
-    })
-    .await
+    instrumented(model, async { infer_on(model, header_length, &body?).await }).await
 }
 
 /// `POST /v2/models/{name}/infer`
@@ -204,7 +199,8 @@ pub async fn infer(
     header_length: HeaderLength,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_model(&state, &name, None, header_length, body).await
+    let body = read_body(body, state.config.max_body_bytes);
+    infer_model(&state, &name, None, header_length.0.as_ref().map(HeaderValue::as_bytes), body).await
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`
@@ -214,7 +210,8 @@ pub async fn infer_versioned(
     header_length: HeaderLength,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_model(&state, &name, Some(&version), header_length, body).await
+    let body = read_body(body, state.config.max_body_bytes);
+    infer_model(&state, &name, Some(&version), header_length.0.as_ref().map(HeaderValue::as_bytes), body).await
 }
 
 #[derive(Serialize)]

@@ -76,3 +76,36 @@ async fn slow_inference_gets_504_and_the_server_recovers() {
     }
     assert_eq!(last, 200);
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_is_dropped_from_the_queue() {
+    let config =
+        ModelConfig { instance_count: 1, batching: None, scoring_timeout: Duration::from_secs(30), ..test_config() };
+    let model = load("mlp-large", "1", &model_path("mlp-large"), config);
+    let server = TestServer::start(vec![model], ServerConfig::default()).await;
+    // One long batch holds the only instance; callers queued behind it give up after 30 ms.
+    // Probes answered before that batch reaches the instance are fine; they just go first. A
+    // probe that times out while the big body is still being decoded may never have reached the
+    // queue (and is rightly not counted), so six give-ups must leave at least four abandoned.
+    let slow = tokio::spawn(large_request(&server, 16384).send());
+    let mut gave_up = 0;
+    for _ in 0..1000 {
+        match large_request(&server, 1).timeout(Duration::from_millis(30)).send().await {
+            Ok(r) => assert_eq!(r.status(), 200),
+            Err(e) if e.is_timeout() => gave_up += 1,
+            Err(e) => panic!("probe failed: {e}"),
+        }
+        if gave_up == 6 {
+            break;
+        }
+    }
+    assert_eq!(gave_up, 6, "the slow batch never held the instance");
+    assert_eq!(slow.await.expect("task").expect("response").status(), 200);
+    let metrics = server.client.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let abandoned: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_abandoned_requests_total{") && l.contains("mlp-large"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("abandoned counter");
+    assert!(abandoned >= 4.0, "hung-up callers cost compute: {abandoned} abandoned\n{metrics}");
+}

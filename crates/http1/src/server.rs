@@ -1,0 +1,197 @@
+//! A keep-alive HTTP/1.1 server loop: one task per connection that reads a request head, hands
+//! it to a [`Handler`], and goes on to the next request for as long as both sides keep the
+//! connection. The handler reads the body and writes the answer through [`Connection`], so it
+//! decides whether a body is read at all (a refused request need not upload it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::{Error, Framing, Head};
+
+/// Bytes of pipelined requests buffered while the current one is handled; past that the peer's
+/// socket is not read until the answer is written.
+const MAX_READ_AHEAD: usize = 1 << 20;
+
+/// What a server does with each request.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `request` on `connection`: reads (or skips) its body and writes one answer.
+    /// Returns whether the connection may carry another request; `keep_alive` says whether the
+    /// caller and the server's state allow it, and the answer must say `connection: close`
+    /// when it is false.
+    fn handle(
+        &self,
+        connection: &mut Connection,
+        request: &Head,
+        keep_alive: bool,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Called for a request whose head could not be parsed, before the server answers it with
+    /// 400 (or 431 for a head too large) and closes the connection; for accounting.
+    fn refused_head(&self, _error: &Error) {}
+}
+
+/// One caller's connection, as a handler sees it.
+pub struct Connection {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// The answer's head, built by the handler and written by [`Connection::send`].
+    pub head: Vec<u8>,
+}
+
+impl Connection {
+    /// Reads the request's body, at most `limit` bytes, first telling a caller that waits for
+    /// it (`Expect: 100-continue`) to go ahead.
+    pub async fn read_body(&mut self, request: &Head, limit: usize) -> Result<Bytes, Error> {
+        if let Framing::Length(n) = request.framing
+            && n > limit as u64
+        {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        if request.expect_continue && self.buf.is_empty() {
+            self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        crate::read_body(&mut self.stream, &mut self.buf, request.framing, limit).await
+    }
+
+    /// Reads and drops the body of a request answered without it, so the connection can carry
+    /// the next request. `false` when the connection must close instead: the caller waits for
+    /// `100 Continue` (and will not send the body), or the body is too large or malformed.
+    pub async fn skip_body(&mut self, request: &Head, limit: usize) -> bool {
+        match request.framing {
+            Framing::Empty => true,
+            _ if request.expect_continue && self.buf.is_empty() => false,
+            framing => crate::read_body(&mut self.stream, &mut self.buf, framing, limit).await.is_ok(),
+        }
+    }
+
+    async fn read_more(&mut self) -> bool {
+        self.buf.reserve(8 * 1024);
+        matches!(self.stream.read_buf(&mut self.buf).await, Ok(n) if n > 0)
+    }
+
+    /// Runs `work` unless the caller hangs up first: then `None`, and `work` is dropped, which
+    /// cancels whatever it was waiting on. Pipelined bytes that arrive meanwhile are kept.
+    pub async fn unless_gone<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        let gone = async {
+            while self.buf.len() < MAX_READ_AHEAD {
+                if !self.read_more().await {
+                    return;
+                }
+            }
+            std::future::pending().await
+        };
+        tokio::select! {
+            biased;
+            done = work => Some(done),
+            () = gone => None,
+        }
+    }
+
+    /// Writes [`Connection::head`] (which must end with the blank line) then `body`; `false`
+    /// when the connection failed.
+    pub async fn send(&mut self, body: &[u8]) -> bool {
+        crate::write_message(&mut self.stream, &self.head, body).await.is_ok()
+    }
+}
+
+/// Serves `handler` on `listener` until `shutdown` resolves; requests in flight are answered
+/// first, and idle connections are closed.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a sender; `recv` returns `None` once all have ended.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let pacer = tokio::spawn(pace_timers());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small request/response pairs: Nagle's algorithm would add up to 40 ms.
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(stream, handler.clone(), stop_rx.clone(), alive_tx.clone()));
+                }
+                // Out of file descriptors, say: back off instead of spinning on the error.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    let _ = alive_rx.recv().await;
+    pacer.abort();
+    Ok(())
+}
+
+/// Keeps a timer due within a second on this runtime, for as long as it is polled.
+///
+/// Handlers arm a timer per request (a scoring or upstream timeout). Tokio wakes its event loop
+/// through an eventfd whenever a new timer is due before the loop's next planned wake-up, and a
+/// loop with no timers has none planned: so on a lightly loaded server each request paid one
+/// extra write and one extra `epoll_wait`. A timer that is always due sooner than any request's
+/// timeout makes those wake-ups unnecessary, at the cost of one wake-up per second.
+async fn pace_timers() {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+    }
+}
+
+async fn connection<H: Handler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    mut stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    let mut c = Connection { stream, buf: BytesMut::with_capacity(8 * 1024), head: Vec::with_capacity(1024) };
+    loop {
+        // Between requests, a shutdown closes the connection.
+        if c.buf.is_empty() {
+            tokio::select! {
+                biased;
+                more = c.read_more() => if !more { return },
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+        }
+        let request = match crate::read_head(&mut c.stream, &mut c.buf, crate::parse_request).await {
+            Ok(request) => request,
+            Err(Error::Closed | Error::Incomplete | Error::Io(_)) => return,
+            Err(e) => {
+                handler.refused_head(&e);
+                let status = if matches!(e, Error::HeadTooLarge) { 431 } else { 400 };
+                c.head.clear();
+                let body = error_body(&e.to_string());
+                crate::push_status_line(&mut c.head, status);
+                crate::push_header(&mut c.head, "content-type", b"application/json");
+                crate::push_content_length(&mut c.head, body.len());
+                c.head.extend_from_slice(b"connection: close\r\n\r\n");
+                let _ = c.send(&body).await;
+                let _ = c.stream.shutdown().await;
+                return;
+            }
+        };
+        let keep_alive = request.keep_alive && !*stop.borrow();
+        c.head.clear();
+        if !handler.handle(&mut c, &request, keep_alive).await {
+            // Let the caller read the answer before the close: shut down our side first.
+            let _ = c.stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// `{"error": message}`, the JSON error body of every Sluice server.
+pub fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default()
+}
