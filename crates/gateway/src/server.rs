@@ -132,6 +132,8 @@ async fn respond(c: &mut Connection, reply: &Reply, to_head: bool, keep_alive: b
             }
             sluice_http1::push_header(out, VERSION_HEADER, version.as_bytes());
             match head.header("content-length") {
+                // Neither may carry a length.
+                _ if head.status == 204 || head.status == 304 => {}
                 // A HEAD answer declares the length a GET would have had.
                 Some(declared) if to_head => sluice_http1::push_header(out, "content-length", declared),
                 _ => sluice_http1::push_content_length(out, answer.body.len()),
