@@ -71,10 +71,12 @@ impl GatewayError {
         serde_json::to_vec(&serde_json::json!({ "error": self.to_string() })).unwrap_or_default()
     }
 
-    /// Headers the status asks for: how to authenticate after a 401, when to retry after a 503.
+    /// Headers the status asks for: how to authenticate after a 401, which methods a 405's
+    /// route takes (only the gateway's own GET routes answer 405), when to retry after a 503.
     pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
         match self.status() {
             StatusCode::UNAUTHORIZED => &[("www-authenticate", "Bearer")],
+            StatusCode::METHOD_NOT_ALLOWED => &[("allow", "GET, HEAD")],
             StatusCode::SERVICE_UNAVAILABLE => &[("retry-after", "1")],
             _ => &[],
         }

@@ -98,7 +98,7 @@ fn upstream_path(rest: &str, model: Option<&str>, query: Option<&str>) -> String
 }
 
 /// What is sent upstream, prepared once and reused across retries and the shadow copy.
-pub(crate) struct Outgoing {
+struct Outgoing {
     method: String,
     rest: String,
     rewrite_model: bool,
@@ -109,7 +109,7 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    pub(crate) fn new(request: &Head, decision: &Decision, body: Bytes) -> Self {
+    fn new(request: &Head, rest: String, rewrite_model: bool, body: Bytes) -> Self {
         let mut headers = Vec::with_capacity(256);
         for (name, value) in request.headers() {
             if !NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name)) && !request.is_hop_by_hop(name) {
@@ -117,14 +117,7 @@ impl Outgoing {
             }
         }
         let query = request.target().split_once('?').map(|(_, q)| q.to_owned());
-        Outgoing {
-            method: request.method().to_owned(),
-            rest: decision.rest.clone(),
-            rewrite_model: decision.rewrite_model,
-            query,
-            headers,
-            body,
-        }
+        Outgoing { method: request.method().to_owned(), rest, rewrite_model, query, headers, body }
     }
 
     /// The request head for one attempt at `replica`, with the path `path`.
@@ -199,9 +192,15 @@ impl Gateway {
         })
     }
 
-    /// Forwards a decided request (and mirrors it), measuring it under its route.
-    pub(crate) async fn dispatch(self: &Arc<Self>, decision: Decision, out: Outgoing, started: Instant) -> Outcome {
-        let out = Arc::new(out);
+    /// Forwards a decided request with its body (and mirrors it), measuring it under its route.
+    pub(crate) async fn dispatch(
+        self: &Arc<Self>,
+        decision: Decision,
+        request: &Head,
+        body: Bytes,
+        started: Instant,
+    ) -> Outcome {
+        let out = Arc::new(Outgoing::new(request, decision.rest, decision.rewrite_model, body));
         if let Some((service, stats)) = decision.shadow {
             self.mirror(service, stats, out.clone());
         }

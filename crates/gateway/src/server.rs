@@ -14,7 +14,7 @@ use sluice_http1::{Error as WireError, Head};
 
 use crate::Gateway;
 use crate::error::GatewayError;
-use crate::proxy::{Outcome, Outgoing, VERSION_HEADER};
+use crate::proxy::{Outcome, VERSION_HEADER};
 
 /// Serves the gateway on `listener` until `shutdown` resolves; requests in flight are answered
 /// first, and idle connections are closed.
@@ -75,10 +75,9 @@ async fn exchange(gw: &Arc<Gateway>, c: &mut Connection, request: &Head, keep_al
             return false;
         }
     };
-    let outgoing = Outgoing::new(request, &decision, body);
     // A caller that hangs up cancels the forward, which closes the replica connection, so the
     // replica can drop the request before it costs compute.
-    let Some(outcome) = c.unless_gone(gw.dispatch(decision, outgoing, started)).await else {
+    let Some(outcome) = c.unless_gone(gw.dispatch(decision, request, body, started)).await else {
         return false;
     };
     let reply = match outcome {
@@ -142,7 +141,7 @@ async fn respond(c: &mut Connection, reply: &Reply, to_head: bool, keep_alive: b
         }
         Reply::Own { status, content_type, extra, version, body } => {
             sluice_http1::push_status_line(out, *status);
-            sluice_http1::push_header(out, "date", sluice_http1::http_date().as_bytes());
+            sluice_http1::push_date(out);
             sluice_http1::push_header(out, "content-type", content_type.as_bytes());
             for (name, value) in *extra {
                 sluice_http1::push_header(out, name, value.as_bytes());
@@ -176,13 +175,7 @@ impl Gateway {
         }
         if method != "GET" && method != "HEAD" {
             let e = GatewayError::MethodNotAllowed(format!("{path} answers GET only, not {method}"));
-            return Some(Reply::Own {
-                status: e.status().as_u16(),
-                content_type: "application/json",
-                extra: &[("allow", "GET, HEAD")],
-                version: None,
-                body: e.body().into(),
-            });
+            return Some(Reply::error(&e, None));
         }
         match path {
             "/v2/health/live" => own(200, "text/plain", bytes::Bytes::new()),

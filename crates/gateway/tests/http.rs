@@ -44,6 +44,7 @@ fn replica_app() -> Router {
                 "slow answer"
             }),
         )
+        .route("/v2/models/m/empty", post(|| async { axum::http::StatusCode::NO_CONTENT }))
         // No length known in advance: hyper sends it chunked.
         .route(
             "/v2/models/m/chunked",
@@ -270,6 +271,17 @@ async fn chunked_and_head_answers_are_reframed() {
     let (head_answer, get_answer) = got.split_once("\r\n\r\n").expect("two answers");
     assert!(head_answer.starts_with("HTTP/1.1 200 OK") && head_answer.contains("content-length: "), "{got}");
     assert!(get_answer.starts_with("HTTP/1.1 200 OK"), "HEAD answer carried a body: {got}");
+    // A 204 carries no length, and the connection goes on to the next answer.
+    let got = raw(
+        &mut s,
+        b"POST /services/open/v2/models/m/empty HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\n\r\nGET /v2/health/live HTTP/1.1\r\nHost: g\r\n\r\n",
+        "HTTP/1.1 ",
+        2,
+    )
+    .await;
+    let (no_content, next) = got.split_once("\r\n\r\n").expect("two answers");
+    assert!(no_content.starts_with("HTTP/1.1 204") && !no_content.contains("content-length"), "{got}");
+    assert!(next.starts_with("HTTP/1.1 200 OK"), "{got}");
 }
 
 #[tokio::test]

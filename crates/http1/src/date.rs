@@ -7,8 +7,9 @@ thread_local! {
     static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-/// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
-pub fn now() -> String {
+/// Appends `date: {now}\r\n`, the time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+/// Allocates only when the second changes.
+pub fn push_date(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHED.with(|cached| {
@@ -16,6 +17,6 @@ pub fn now() -> String {
         if cached.0 != second {
             *cached = (second, httpdate::fmt_http_date(now));
         }
-        cached.1.clone()
+        crate::push_header(out, "date", cached.1.as_bytes());
     })
 }

@@ -16,7 +16,7 @@
 mod date;
 pub mod server;
 
-pub use date::now as http_date;
+pub use date::push_date;
 
 use std::ops::Range;
 

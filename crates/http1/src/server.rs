@@ -47,6 +47,8 @@ impl Connection {
     /// Reads the request's body, at most `limit` bytes, first telling a caller that waits for
     /// it (`Expect: 100-continue`) to go ahead.
     pub async fn read_body(&mut self, request: &Head, limit: usize) -> Result<Bytes, Error> {
+        // Checked here too, before `100 Continue`: a caller is never invited to upload a body
+        // that will be refused.
         if let Framing::Length(n) = request.framing
             && n > limit as u64
         {

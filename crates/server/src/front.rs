@@ -113,13 +113,17 @@ async fn respond(c: &mut Connection, response: Response, to_head: bool, keep_ali
     };
     let out = &mut c.head;
     sluice_http1::push_status_line(out, parts.status.as_u16());
-    sluice_http1::push_header(out, "date", sluice_http1::http_date().as_bytes());
+    sluice_http1::push_date(out);
     for (name, value) in &parts.headers {
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING && name != header::CONNECTION {
             sluice_http1::push_header(out, name.as_str(), value.as_bytes());
         }
     }
-    sluice_http1::push_content_length(out, body.len());
+    match parts.headers.get(header::CONTENT_LENGTH) {
+        // A HEAD answer declares the length a GET would have had.
+        Some(declared) if to_head => sluice_http1::push_header(out, "content-length", declared.as_bytes()),
+        _ => sluice_http1::push_content_length(out, body.len()),
+    }
     if !keep_alive {
         sluice_http1::push_header(out, "connection", b"close");
     }

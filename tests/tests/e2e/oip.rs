@@ -15,6 +15,13 @@ async fn health_and_server_metadata() {
     assert_eq!(meta["name"], "sluice");
     assert!(meta["extensions"].as_array().expect("extensions").contains(&json!("binary_tensor_data")));
     assert_eq!(server.get("/v2/nope").await.0, 404);
+    // HEAD: the length GET would have, and no body (the client would hang or misread otherwise).
+    let get = server.client.get(server.url("/v2")).send().await.expect("get");
+    let length = get.headers()["content-length"].clone();
+    assert_eq!(get.bytes().await.expect("body").len().to_string(), length.to_str().expect("ascii"));
+    let head = server.client.head(server.url("/v2")).send().await.expect("head");
+    assert_eq!((head.status().as_u16(), &head.headers()["content-length"]), (200, &length));
+    assert!(head.bytes().await.expect("empty").is_empty());
 }
 
 #[tokio::test]
