@@ -2,7 +2,7 @@
 //! to a shadow. See design.md, "Request path".
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -204,7 +204,7 @@ impl Gateway {
         if let Some((service, stats)) = decision.shadow {
             self.mirror(service, stats, out.clone());
         }
-        let result = self.forward(&decision.service, &out).await;
+        let result = self.forward(&decision.service, &out, self.settings.busy_poll).await;
         let status = match &result {
             Ok(answer) => http::StatusCode::from_u16(answer.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY),
             Err(e) => e.status(),
@@ -306,8 +306,9 @@ impl Gateway {
 
     /// Sends the request to one replica of `service`. A request that got no response (refused
     /// connection, reset, closed keep-alive connection) is resent to another replica: scoring has
-    /// no side effects, so a replica dying mid-request costs the caller nothing.
-    async fn forward(&self, service: &ServiceTarget, out: &Outgoing) -> Result<Answer, GatewayError> {
+    /// no side effects, so a replica dying mid-request costs the caller nothing. `poll` is how long
+    /// to busy-poll for the answer before sleeping on it (see `sluice_http1::poll`).
+    async fn forward(&self, service: &ServiceTarget, out: &Outgoing, poll: Duration) -> Result<Answer, GatewayError> {
         let path = upstream_path(
             &out.rest,
             if out.rewrite_model { service.sole_model.as_deref() } else { None },
@@ -328,7 +329,7 @@ impl Gateway {
             };
             tried |= 1 << index;
             let head = out.head_for(&replica.addr, &path);
-            let sent = crate::upstream::send(&replica.addr, &head, &out.body, to_head, MAX_RESPONSE_BYTES);
+            let sent = crate::upstream::send(&replica.addr, &head, &out.body, to_head, MAX_RESPONSE_BYTES, poll);
             match tokio::time::timeout(self.settings.upstream_timeout, sent).await {
                 Err(_) => {
                     return Err(GatewayError::UpstreamTimeout(format!(
@@ -372,7 +373,12 @@ impl Gateway {
         tokio::spawn(async move {
             let _permit = permit;
             let started = Instant::now();
-            let status = match tokio::time::timeout(gw.settings.shadow_timeout, gw.forward(&service, &out)).await {
+            let status = match tokio::time::timeout(
+                gw.settings.shadow_timeout,
+                gw.forward(&service, &out, Duration::ZERO),
+            )
+            .await
+            {
                 Ok(Ok(answer)) => {
                     http::StatusCode::from_u16(answer.head.status).unwrap_or(http::StatusCode::BAD_GATEWAY)
                 }

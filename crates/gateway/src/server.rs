@@ -34,6 +34,10 @@ impl Handler for Front {
         exchange(&self.0, c, request, keep_alive).await
     }
 
+    fn idle_poll(&self) -> std::time::Duration {
+        self.0.settings.busy_poll
+    }
+
     fn refused_head(&self, error: &WireError) {
         let reason = if matches!(error, WireError::HeadTooLarge) { "headers_too_large" } else { "bad_request" };
         self.0.metrics.refused(reason);

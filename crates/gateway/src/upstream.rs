@@ -77,8 +77,12 @@ async fn exchange(
     body: &[u8],
     to_head: bool,
     max_response: usize,
+    poll: Duration,
 ) -> Result<Answer, Failure> {
     sluice_http1::write_message(&mut c.stream, head, body).await.map_err(|e| Failure::NoResponse(e.to_string()))?;
+    // The request this task handles is the thread's one in flight: poll for the answer rather
+    // than sleep until it comes.
+    sluice_http1::poll::until_readable(&c.stream, poll, 1).await;
     let response = loop {
         let head = sluice_http1::read_head(&mut c.stream, &mut c.buf, |b| sluice_http1::parse_response(b, to_head))
             .await
@@ -101,13 +105,14 @@ async fn exchange(
 /// Sends one request (`head` already framed, `body` after it) to `addr`, over an idle connection
 /// when there is one, and reads the whole answer, at most `max_response` bytes of body. A pooled
 /// connection the replica closed meanwhile costs one retry on another connection, never an error
-/// for the caller.
+/// for the caller. `poll`: see [`sluice_http1::poll::until_readable`].
 pub async fn send(
     addr: &Arc<str>,
     head: &[u8],
     body: &[u8],
     to_head: bool,
     max_response: usize,
+    poll: Duration,
 ) -> Result<Answer, String> {
     let mut pooled = take_idle(addr);
     loop {
@@ -116,7 +121,7 @@ pub async fn send(
             Some(c) => c,
             None => connect(addr).await?,
         };
-        match exchange(&mut connection, head, body, to_head, max_response).await {
+        match exchange(&mut connection, head, body, to_head, max_response, poll).await {
             Ok(answer) => {
                 // Bytes beyond the answer would be a replica speaking out of turn: not reused.
                 if answer.head.keep_alive && connection.buf.is_empty() {

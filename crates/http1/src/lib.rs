@@ -14,6 +14,7 @@
 //! [`server`] runs the keep-alive connection loop that the gateway and the scoring server share.
 
 mod date;
+pub mod poll;
 pub mod server;
 
 pub use date::push_date;

@@ -33,6 +33,13 @@ pub trait Handler: Send + Sync + 'static {
     /// Called for a request whose head could not be parsed, before the server answers it with
     /// 400 (or 431 for a head too large) and closes the connection; for accounting.
     fn refused_head(&self, _error: &Error) {}
+
+    /// How long a connection polls for the caller's next request before it sleeps on the socket,
+    /// while this thread has no request in flight; see [`crate::poll`]. Zero (the default): it
+    /// sleeps at once.
+    fn idle_poll(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// One caller's connection, as a handler sees it.
@@ -160,6 +167,7 @@ async fn connection<H: Handler>(
     loop {
         // Between requests, a shutdown closes the connection.
         if c.buf.is_empty() {
+            crate::poll::until_readable(&c.stream, handler.idle_poll(), 0).await;
             tokio::select! {
                 biased;
                 more = c.read_more() => if !more { return },
@@ -185,7 +193,10 @@ async fn connection<H: Handler>(
         };
         let keep_alive = request.keep_alive && !*stop.borrow();
         c.head.clear();
-        if !handler.handle(&mut c, &request, keep_alive).await {
+        let in_flight = crate::poll::InFlight::enter();
+        let keep = handler.handle(&mut c, &request, keep_alive).await;
+        drop(in_flight);
+        if !keep {
             // Let the caller read the answer before the close: shut down our side first.
             let _ = c.stream.shutdown().await;
             return;

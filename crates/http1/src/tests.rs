@@ -219,3 +219,77 @@ proptest! {
         });
     }
 }
+
+mod polling {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::poll::{InFlight, requests_in_flight, until_readable};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        // Tokio may report a new socket readable before any read; the server's and the gateway's
+        // reads clear that by reading until the socket has nothing left, and so does this one.
+        let mut nothing = [0u8; 1];
+        let read = server.try_read(&mut nothing);
+        assert!(matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{read:?}");
+        (client, server)
+    }
+
+    // The bounds below are generous on purpose: they tell "returned" from "polled for the whole
+    // ten-second budget", not how fast anything is.
+    const LONG: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn polling_ends_when_bytes_arrive() {
+        let (mut client, server) = pair().await;
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"x").await.expect("write");
+            client
+        });
+        let started = Instant::now();
+        until_readable(&server, LONG, 0).await;
+        assert!(started.elapsed() < LONG / 2, "polled past the bytes' arrival");
+        let mut byte = [0u8; 1];
+        assert_eq!(server.try_read(&mut byte).expect("read"), 1, "readable when polling ends");
+        drop(writer.await.expect("writer task"));
+    }
+
+    #[tokio::test]
+    async fn polling_ends_with_its_budget_and_other_tasks_run_meanwhile() {
+        let (_client, server) = pair().await;
+        let ticks = tokio::spawn(async {
+            let mut n = 0u32;
+            loop {
+                tokio::task::yield_now().await;
+                n += 1;
+                if n == 1000 {
+                    return n;
+                }
+            }
+        });
+        let started = Instant::now();
+        until_readable(&server, Duration::from_millis(50), 0).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // On this single-threaded runtime the other task finished while the socket was polled.
+        assert!(ticks.is_finished(), "polling starved the event loop's other tasks");
+    }
+
+    #[tokio::test]
+    async fn no_polling_while_other_requests_are_in_flight_or_with_no_budget() {
+        let (_client, server) = pair().await;
+        let (_mine, other) = (InFlight::enter(), InFlight::enter());
+        assert_eq!(requests_in_flight(), 2);
+        let started = Instant::now();
+        until_readable(&server, LONG, 1).await;
+        until_readable(&server, Duration::ZERO, 2).await;
+        assert!(started.elapsed() < LONG / 2, "polled although the thread had other work");
+        drop(other);
+        assert_eq!(requests_in_flight(), 1);
+    }
+}
