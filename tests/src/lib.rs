@@ -74,7 +74,7 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let state = AppState::new(repository, config);
         let task = tokio::spawn(async move {
-            sluice_server::serve(listener, state, async {
+            sluice_server::serve(listener, None, state, async {
                 let _ = stopped.await;
             })
             .await

@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// plane starts replicas with it).
     #[arg(long, hide = true)]
     pub addr_file: Option<PathBuf>,
+    /// Also listen on this Unix domain socket (a gateway on the same host reaches replicas there
+    /// for less than over loopback TCP; the control plane starts replicas with one). A stale
+    /// socket file left by an earlier run is replaced.
+    #[arg(long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -403,6 +408,7 @@ fn run_server(
     home: &Path,
     host: &str,
     port: u16,
+    unix_socket: Option<&Path>,
     tuning: &TuningArgs,
     sources: Vec<ModelSource>,
     banner: impl FnOnce(SocketAddr, &Repository) -> String,
@@ -414,12 +420,33 @@ fn run_server(
         .block_on(tokio::net::TcpListener::bind((host, port)))
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr = listener.local_addr()?;
+    let unix = match unix_socket {
+        Some(path) => Some(runtime.block_on(async { bind_unix(path) })?),
+        None => None,
+    };
     let repository = load_models(home, tuning, &settings, sources)?;
     let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes });
     println!("{}", banner(addr, &state.repository));
-    runtime.block_on(sluice_server::serve(listener, state, shutdown_signal()))?;
+    let served = runtime.block_on(sluice_server::serve(listener, unix, state, shutdown_signal()));
+    if let Some(path) = unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    served?;
     eprintln!("sluice: stopped");
     Ok(())
+}
+
+/// Listens on the Unix socket `path`, first removing a socket file an earlier run left there
+/// (never a file of another kind).
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("--unix-socket {}: the path exists and is not a socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot replace the stale socket {}", path.display()))?;
+    }
+    tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on the Unix socket {}", path.display()))
 }
 
 fn listing(repository: &Repository) -> String {
@@ -429,11 +456,18 @@ fn listing(repository: &Repository) -> String {
 pub fn serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let sources = resolve(home, &args.models)?;
     let addr_file = args.addr_file;
-    run_server(home, &args.host, args.port, &args.tuning, sources, |addr, repo| {
+    let unix_socket = args.unix_socket;
+    run_server(home, &args.host, args.port, unix_socket.as_deref(), &args.tuning, sources, |addr, repo| {
         if let Some(path) = &addr_file {
-            // Written whole then renamed, so a reader never sees half an address.
+            // The TCP address, then the Unix socket's when there is one. Written whole then
+            // renamed, so a reader never sees half of it.
+            let mut text = addr.to_string();
+            if let Some(socket) = &unix_socket {
+                text.push('\n');
+                text.push_str(&sluice_http1::stream::unix_address(socket));
+            }
             let tmp = path.with_extension("tmp");
-            if let Err(e) = std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, path)) {
+            if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
                 tracing::error!(error = %e, path = %path.display(), "cannot write the address file");
             }
         }

@@ -198,6 +198,46 @@ async fn serve_takes_files_and_registry_references() {
 }
 
 #[tokio::test]
+async fn serve_listens_on_a_unix_socket_too() {
+    use std::io::{Read, Write};
+    let home = tempfile::tempdir().expect("tempdir");
+    let socket = home.path().join("replica.sock");
+    // A socket file an earlier run left behind is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    let server = Server::start({
+        let mut c = sluice(home.path());
+        c.arg("serve").arg(model_path("mlp-small")).args(["--port", "0", "--unix-socket"]).arg(&socket);
+        c
+    });
+    let path = socket.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect to the Unix socket");
+        s.write_all(b"GET /v2/health/ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").expect("write");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read");
+        answer
+    })
+    .await
+    .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (ok, _) = tokio::task::spawn_blocking(move || server.terminate()).await.expect("join");
+    assert!(ok);
+    assert!(!socket.exists(), "the socket file outlived the server");
+
+    // Anything else at the path is never removed.
+    std::fs::write(&socket, "not a socket").expect("write");
+    let err = run_err(
+        sluice(home.path())
+            .arg("serve")
+            .arg(model_path("mlp-small"))
+            .args(["--port", "0", "--unix-socket"])
+            .arg(&socket),
+    );
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&socket).expect("still there"), "not a socket");
+}
+
+#[tokio::test]
 async fn deploy_config_is_checked_before_anything_starts_and_applied() {
     let home = tempfile::tempdir().expect("tempdir");
     let bad = home.path().join("bad.json");

@@ -133,6 +133,30 @@ impl Platform {
             .sum()
     }
 
+    /// The replica addresses the control plane publishes to gateways for `service`.
+    async fn published_replicas(&self, service: &str) -> Vec<String> {
+        let token = std::fs::read_to_string(self.home.path().join("control/gateway-token")).expect("gateway token");
+        let url = format!("http://127.0.0.1:{}/v1/gateway/config", self.control_port);
+        let config: Value = self
+            .client
+            .get(url)
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .expect("gateway config")
+            .json()
+            .await
+            .expect("json");
+        let services = config["services"].as_array().expect("services");
+        let route = services.iter().find(|s| s["name"] == service).expect("service in the configuration");
+        route["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .map(|r| r.as_str().expect("address").to_owned())
+            .collect()
+    }
+
     fn replica_pids(&self, service: &str) -> Vec<u32> {
         let shown = self.json(&["service", "show", service]);
         shown["replicas"]
@@ -590,6 +614,15 @@ async fn replicas_restart_and_state_survives_a_control_plane_crash() {
     let running = load(p.client.clone(), url, key.clone(), 4, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // Gateways on this host reach replicas over their Unix sockets, so the requests above went
+    // there: the published addresses are nothing else.
+    let sockets = p.published_replicas("r").await;
+    assert_eq!(sockets.len(), 2, "{sockets:?}");
+    for address in &sockets {
+        let path = address.strip_prefix("unix:").unwrap_or_else(|| panic!("not a Unix socket: {address}"));
+        assert!(std::path::Path::new(path).exists(), "{path}");
+    }
+
     // A replica dies: the gateway routes around it and the control plane restarts it.
     let pids = p.replica_pids("r");
     assert_eq!(pids.len(), 2);
@@ -611,6 +644,12 @@ async fn replicas_restart_and_state_survives_a_control_plane_crash() {
     );
     let logs = p.ok(&["service", "logs", "r", "--replica", "0"]);
     assert_eq!(logs.matches("starting replica 0").count(), 2, "{logs}");
+    // The killed replica's socket is cleaned up; its successor listens on a socket of its own.
+    let killed_socket = sockets[0].trim_start_matches("unix:");
+    assert!(!std::path::Path::new(killed_socket).exists(), "{killed_socket} left behind");
+    let now = p.published_replicas("r").await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.iter().all(|a| a.starts_with("unix:") && *a != sockets[0]), "{now:?}");
 
     // The control plane crashes: the gateway keeps serving its last configuration.
     let serving_pids = p.replica_pids("r");

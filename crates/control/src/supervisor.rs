@@ -49,6 +49,9 @@ pub struct Replica {
     pub index: usize,
     pid: AtomicU32,
     address: Mutex<Option<String>>,
+    /// `unix:PATH` of the replica's Unix socket, when it listens on one: where gateways on this
+    /// host send requests (cheaper than loopback TCP). `address` stays what probes and people use.
+    local_address: Mutex<Option<String>>,
     ready: AtomicBool,
     restarts: AtomicU32,
     last_exit: Mutex<Option<String>>,
@@ -71,9 +74,12 @@ impl Replica {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The address callers may be sent to, when ready.
+    /// The address gateways send callers to, when ready: the Unix socket if the replica has one.
     pub fn ready_address(&self) -> Option<String> {
-        if self.is_ready() { lock(&self.address).clone() } else { None }
+        if !self.is_ready() {
+            return None;
+        }
+        lock(&self.local_address).clone().or_else(|| lock(&self.address).clone())
     }
 }
 
@@ -102,6 +108,7 @@ impl Group {
                     index,
                     pid: AtomicU32::new(0),
                     address: Mutex::new(None),
+                    local_address: Mutex::new(None),
                     ready: AtomicBool::new(false),
                     restarts: AtomicU32::new(0),
                     last_exit: Mutex::new(None),
@@ -196,7 +203,8 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
         trim_log(&replica.log_path);
         let addr_file = group.plan.dir.join(format!("replica-{}.addr", replica.index));
         let _ = std::fs::remove_file(&addr_file);
-        let child = match spawn(&cp, &group.plan, &replica, &addr_file) {
+        let socket = unix_socket_path(&group.plan, &replica);
+        let child = match spawn(&cp, &group.plan, &replica, &addr_file, socket.as_deref()) {
             Ok(child) => child,
             Err(e) => {
                 group.fail(format!("cannot start replica {}: {e}", replica.index));
@@ -207,9 +215,14 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
         replica.pid.store(pid, Ordering::Relaxed);
         cp.replica_spawned(pid, &group.plan.service);
         let ended = supervise(&cp, &group, &replica, child, &addr_file).await;
+        // A replica killed outright leaves its socket file behind.
+        if let Some(path) = &socket {
+            let _ = std::fs::remove_file(path);
+        }
         replica.ready.store(false, Ordering::Release);
         replica.pid.store(0, Ordering::Relaxed);
         *lock(&replica.address) = None;
+        *lock(&replica.local_address) = None;
         cp.replica_exited(pid, &group.plan.service);
         if ended.stopped {
             break;
@@ -243,7 +256,13 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
     group.done.add_permits(1);
 }
 
-fn spawn(cp: &ControlPlane, plan: &Plan, replica: &Replica, addr_file: &Path) -> std::io::Result<Child> {
+fn spawn(
+    cp: &ControlPlane,
+    plan: &Plan,
+    replica: &Replica,
+    addr_file: &Path,
+    unix_socket: Option<&Path>,
+) -> std::io::Result<Child> {
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&replica.log_path)?;
     writeln!(
         log,
@@ -251,13 +270,11 @@ fn spawn(cp: &ControlPlane, plan: &Plan, replica: &Replica, addr_file: &Path) ->
         replica.index, plan.service, plan.generation
     )?;
     let mut cmd = Command::new(&cp.settings.exe);
-    cmd.arg("serve")
-        .args(&plan.models)
-        .args(["--host", "127.0.0.1", "--port", "0"])
-        .arg("--addr-file")
-        .arg(addr_file)
-        .arg("--deploy-config")
-        .arg(&plan.deploy_config);
+    cmd.arg("serve").args(&plan.models).args(["--host", "127.0.0.1", "--port", "0"]).arg("--addr-file").arg(addr_file);
+    if let Some(socket) = unix_socket {
+        cmd.arg("--unix-socket").arg(socket);
+    }
+    cmd.arg("--deploy-config").arg(&plan.deploy_config);
     if let Some(path) = &plan.inference_config {
         cmd.arg("--model-config").arg(path);
     }
@@ -279,6 +296,17 @@ fn spawn(cp: &ControlPlane, plan: &Plan, replica: &Replica, addr_file: &Path) ->
     cmd.spawn()
 }
 
+/// Where one run of replica `replica` of `plan` listens for gateways on this host. Each run gets
+/// its own path: a replica left by a crashed control plane keeps serving on its socket while its
+/// successor starts. `None` when the path would be too long for a Unix socket address (108 bytes
+/// on Linux): that replica is reached over TCP only.
+fn unix_socket_path(plan: &Plan, replica: &Replica) -> Option<PathBuf> {
+    const MAX_SOCKET_PATH: usize = 100;
+    let run = sluice_gateway::random_seed() as u32;
+    let path = plan.dir.join(format!("replica-{}-{run:08x}.sock", replica.index));
+    (path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
+}
+
 /// Watches one replica process from start to exit.
 async fn supervise(
     cp: &Arc<ControlPlane>,
@@ -298,9 +326,12 @@ async fn supervise(
             _ = stopped(&mut stop) => return terminate(child, cp.settings.stop_grace).await,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+        // The TCP address, then the Unix socket's when the replica listens on one.
         if let Ok(text) = std::fs::read_to_string(addr_file)
             && let Some(addr) = text.lines().next().filter(|l| !l.is_empty())
         {
+            let local = text.lines().nth(1).map(str::trim).filter(|l| l.starts_with(sluice_http1::stream::UNIX_PREFIX));
+            *lock(&replica.local_address) = local.map(str::to_owned);
             break addr.trim().to_owned();
         }
         if started.elapsed() > START_TIMEOUT {

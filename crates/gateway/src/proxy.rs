@@ -127,7 +127,9 @@ impl Outgoing {
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        sluice_http1::push_header(&mut head, "host", replica.as_bytes());
+        // A Unix socket's path is no host name; such a replica is on this host.
+        let host = if replica.starts_with(sluice_http1::stream::UNIX_PREFIX) { "localhost" } else { replica };
+        sluice_http1::push_header(&mut head, "host", host.as_bytes());
         head.extend_from_slice(&self.headers);
         if !self.body.is_empty() || self.method != "GET" && self.method != "HEAD" {
             sluice_http1::push_content_length(&mut head, self.body.len());

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use sluice_http1::stream::Stream;
 use sluice_http1::{Error as WireError, Head};
-use tokio::net::TcpStream;
 
 /// Idle connections kept per replica and thread; more are closed.
 const MAX_IDLE_PER_REPLICA: usize = 128;
@@ -21,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One keep-alive connection and the bytes read from it but not yet used.
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
 }
 
@@ -49,12 +49,10 @@ fn give_back(addr: &Arc<str>, connection: Connection) {
 }
 
 async fn connect(addr: &str) -> Result<Connection, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, Stream::connect(addr))
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    // Small request/response pairs: Nagle's algorithm would add up to 40 ms.
-    let _ = stream.set_nodelay(true);
     Ok(Connection { stream, buf: BytesMut::with_capacity(8 * 1024) })
 }
 

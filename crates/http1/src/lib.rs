@@ -16,6 +16,7 @@
 mod date;
 pub mod poll;
 pub mod server;
+pub mod stream;
 
 pub use date::push_date;
 

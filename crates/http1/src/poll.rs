@@ -20,7 +20,7 @@ use std::cell::Cell;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
+use crate::stream::Stream;
 
 thread_local! {
     static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
@@ -52,7 +52,7 @@ impl Drop for InFlight {
 /// `own` requests are in flight on this thread (the caller's own: 1 while handling a request, 0
 /// between requests). Returns when the stream is readable, or when polling should give way to an
 /// ordinary sleeping read; it never reads.
-pub async fn until_readable(stream: &TcpStream, budget: Duration, own: usize) {
+pub async fn until_readable(stream: &Stream, budget: Duration, own: usize) {
     if budget.is_zero() {
         return;
     }

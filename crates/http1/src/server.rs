@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::stream::{Listener, Stream};
 use crate::{Error, Framing, Head};
 
 /// Bytes of pipelined requests buffered while the current one is handled; past that the peer's
@@ -44,7 +44,7 @@ pub trait Handler: Send + Sync + 'static {
 
 /// One caller's connection, as a handler sees it.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// The answer's head, built by the handler and written by [`Connection::send`].
     pub head: Vec<u8>,
@@ -111,10 +111,11 @@ impl Connection {
 /// Serves `handler` on `listener` until `shutdown` resolves; requests in flight are answered
 /// first, and idle connections are closed.
 pub async fn serve<H: Handler>(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.into();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns `None` once all have ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -125,9 +126,7 @@ pub async fn serve<H: Handler>(
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Small request/response pairs: Nagle's algorithm would add up to 40 ms.
-                    let _ = stream.set_nodelay(true);
+                Ok(stream) => {
                     tokio::spawn(connection(stream, handler.clone(), stop_rx.clone(), alive_tx.clone()));
                 }
                 // Out of file descriptors, say: back off instead of spinning on the error.
@@ -158,7 +157,7 @@ async fn pace_timers() {
 }
 
 async fn connection<H: Handler>(
-    stream: TcpStream,
+    stream: Stream,
     handler: Arc<H>,
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,

@@ -227,8 +227,9 @@ mod polling {
     use tokio::net::{TcpListener, TcpStream};
 
     use crate::poll::{InFlight, requests_in_flight, until_readable};
+    use crate::stream::Stream;
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    async fn pair() -> (TcpStream, Stream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
@@ -237,7 +238,7 @@ mod polling {
         let mut nothing = [0u8; 1];
         let read = server.try_read(&mut nothing);
         assert!(matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{read:?}");
-        (client, server)
+        (client, Stream::Tcp(server))
     }
 
     // The bounds below are generous on purpose: they tell "returned" from "polled for the whole
@@ -255,6 +256,7 @@ mod polling {
         let started = Instant::now();
         until_readable(&server, LONG, 0).await;
         assert!(started.elapsed() < LONG / 2, "polled past the bytes' arrival");
+        let Stream::Tcp(server) = server else { unreachable!("a TCP pair") };
         let mut byte = [0u8; 1];
         assert_eq!(server.try_read(&mut byte).expect("read"), 1, "readable when polling ends");
         drop(writer.await.expect("writer task"));

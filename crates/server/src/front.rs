@@ -19,19 +19,34 @@ use tower::ServiceExt;
 use crate::error::ApiError;
 use crate::{AppState, HEADER_LENGTH};
 
-/// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, reports not
-/// ready, and returns once in-flight requests have finished.
+/// Serves `state` on `listener`, and on `unix` too when given (a gateway on the same host reaches
+/// the replica there for less than over loopback TCP), until `shutdown` resolves; then stops
+/// accepting, reports not ready, and returns once in-flight requests have finished.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    unix: Option<tokio::net::UnixListener>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let front = Arc::new(Front { router: crate::router(state.clone()), state: state.clone() });
-    sluice_http1::server::serve(listener, front, async move {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let on_unix = async {
+        match unix {
+            Some(l) => sluice_http1::server::serve(l, front.clone(), stopped(stop_rx.clone())).await,
+            None => Ok(()),
+        }
+    };
+    let on_tcp = sluice_http1::server::serve(listener, front.clone(), stopped(stop_rx.clone()));
+    let signal = async move {
         shutdown.await;
         state.ready.store(false, Ordering::Release);
-    })
-    .await
+        let _ = stop_tx.send(true);
+    };
+    let (tcp, unix, ()) = tokio::join!(on_tcp, on_unix, signal);
+    tcp.and(unix)
 }
 
 struct Front {
