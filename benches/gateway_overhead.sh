@@ -6,8 +6,9 @@
 # two one-replica services: mlp-small (key auth, the default) and mlp-open ({"auth_enabled": false}).
 # Each comparison hits ONE replica process through three paths:
 #   direct        http://REPLICA/v2/models/mlp-small/infer
-#   gateway       http://127.0.0.1:GW_PORT/services/SERVICE/v2/models/mlp-small/infer (Bearer key for mlp-small)
-#   nginx         http://127.0.0.1:NGINX_PORT/v2/models/mlp-small/infer (proxy_pass to REPLICA, upstream keep-alive 64,
+#   gateway       http://127.0.0.1:GW_PORT/services/SERVICE/v2/models/mlp-small/infer (Bearer key for mlp-small;
+#                 the gateway forwards over the replica's Unix socket, as the control plane publishes it)
+#   nginx         http://127.0.0.1:NGINX_PORT/v2/models/mlp-small/infer (proxy_pass to REPLICA's TCP port, upstream keep-alive 64,
 #                 config from benches/nginx/gateway_bench.conf.in)
 # so six targets: {direct, gateway, nginx} x {mlp-small replica (key), mlp-open replica (auth off)}.
 # Load: wrk -t1, keep-alive, one batch-1 OIP v2 request per POST, c=1 and c=64, DUR seconds each,

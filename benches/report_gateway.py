@@ -133,8 +133,9 @@ def cmd_report(raw_path, meta_path):
              "one-replica services: mlp-small with key auth (the default) on replica A (%s) and mlp-open with "
              "`{\"auth_enabled\": false}` on replica B (%s). Each replica is measured direct, through the Sluice "
              "gateway (`/services/NAME/v2/models/mlp-small/infer`, `Authorization: Bearer KEY` for mlp-small; gateway "
-             "threads: default, one per core) and through nginx (`worker_processes auto`, upstream keep-alive 64, "
-             "HTTP/1.1 upstream, access log off; `benches/nginx/gateway_bench.conf.in`). wrk -t1, keep-alive, one "
+             "threads and busy-polling at their defaults; the gateway reaches each replica over the Unix socket "
+             "the control plane publishes for it) and through nginx (`worker_processes auto`, upstream keep-alive "
+             "64, HTTP/1.1 upstream over loopback TCP to the replica's port, access log off; `benches/nginx/gateway_bench.conf.in`). wrk -t1, keep-alive, one "
              "batch-1 OIP v2 request per POST, c=1 and c=64 for %s s each after a %s s c=64 warm-up per target; "
              "%d interleaved rounds (direct, gateway, nginx for A, then for B); values are medians over rounds "
              "of wrk's own figures. The replicas' pids and addresses were the same before and after the run." % (

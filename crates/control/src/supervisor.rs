@@ -298,13 +298,17 @@ fn spawn(
 
 /// Where one run of replica `replica` of `plan` listens for gateways on this host. Each run gets
 /// its own path: a replica left by a crashed control plane keeps serving on its socket while its
-/// successor starts. `None` when the path would be too long for a Unix socket address (108 bytes
+/// successor starts. `None` when the path would be too long for a Unix socket address (107 bytes
 /// on Linux): that replica is reached over TCP only.
 fn unix_socket_path(plan: &Plan, replica: &Replica) -> Option<PathBuf> {
-    const MAX_SOCKET_PATH: usize = 100;
+    const MAX_SOCKET_PATH: usize = 107;
     let run = sluice_gateway::random_seed() as u32;
-    let path = plan.dir.join(format!("replica-{}-{run:08x}.sock", replica.index));
-    (path.as_os_str().len() <= MAX_SOCKET_PATH).then_some(path)
+    let path = plan.dir.join(format!("r{}-{run:08x}.sock", replica.index));
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        tracing::info!(service = %plan.service, path = %path.display(), "socket path too long for a Unix socket; gateways reach this replica over TCP");
+        return None;
+    }
+    Some(path)
 }
 
 /// Watches one replica process from start to exit.

@@ -36,7 +36,8 @@ pub trait Handler: Send + Sync + 'static {
 
     /// How long a connection polls for the caller's next request before it sleeps on the socket,
     /// while this thread has no request in flight; see [`crate::poll`]. Zero (the default): it
-    /// sleeps at once.
+    /// sleeps at once. Only for servers on single-threaded runtimes: requests in flight are
+    /// counted per thread, and a task that moved to another thread would unbalance the count.
     fn idle_poll(&self) -> Duration {
         Duration::ZERO
     }
@@ -163,10 +164,12 @@ async fn connection<H: Handler>(
     _alive: mpsc::Sender<()>,
 ) {
     let mut c = Connection { stream, buf: BytesMut::with_capacity(8 * 1024), head: Vec::with_capacity(1024) };
+    let idle_poll = handler.idle_poll();
+    let polling = !idle_poll.is_zero();
     loop {
         // Between requests, a shutdown closes the connection.
         if c.buf.is_empty() {
-            crate::poll::until_readable(&c.stream, handler.idle_poll(), 0).await;
+            crate::poll::until_readable(&c.stream, idle_poll, 0).await;
             tokio::select! {
                 biased;
                 more = c.read_more() => if !more { return },
@@ -192,7 +195,7 @@ async fn connection<H: Handler>(
         };
         let keep_alive = request.keep_alive && !*stop.borrow();
         c.head.clear();
-        let in_flight = crate::poll::InFlight::enter();
+        let in_flight = polling.then(crate::poll::InFlight::enter);
         let keep = handler.handle(&mut c, &request, keep_alive).await;
         drop(in_flight);
         if !keep {
