@@ -7,7 +7,7 @@ mod provision;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use ort::environment::Environment;
+pub use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use sluice_core::{

@@ -11,12 +11,16 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(unsafe_code)]
 
+mod config;
+
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use sluice_core::{Backend, BackendError, BackendInfo, DataType, Device, ModelSignature, Tensor, TensorData};
+
+pub use config::{PluginConfig, describe};
 
 /// The ABI version this host implements (`SLUICE_PLUGIN_ABI_VERSION`).
 pub const ABI_VERSION: u32 = 1;

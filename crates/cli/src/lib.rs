@@ -5,7 +5,6 @@ mod admin_cmd;
 mod client;
 mod model_cmd;
 mod platform;
-mod plugins;
 mod serving;
 
 use std::path::PathBuf;

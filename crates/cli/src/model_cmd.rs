@@ -70,7 +70,12 @@ pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
             };
             let signature = match format {
                 Some(sluice_registry::ModelFormat::Plugin) => {
-                    Some(crate::plugins::describe(&path, config.as_mut()).context("checking the plugin")?)
+                    let Some(config) = config.as_mut() else {
+                        anyhow::bail!(
+                            "a plugin model needs --config with \"plugin\": {{\"library\": PATH, \"options\": {{...}}}}"
+                        );
+                    };
+                    Some(sluice_backend_plugin::describe(&path, config).context("checking the plugin")?)
                 }
                 _ => None,
             };

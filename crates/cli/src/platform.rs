@@ -142,7 +142,7 @@ fn control_settings(home: &Path, args: &ControlArgs) -> anyhow::Result<ControlSe
         bail!("--token-ttl-seconds must be at least 1");
     }
     // Provisioned once here, so replicas starting together do not all fetch it.
-    let ort_lib = sluice_backend_ort::locate_or_provision(args.ort_lib.as_deref(), home)?;
+    let ort_lib = sluice_serving::ort_library(args.ort_lib.as_deref(), home)?;
     Ok(ControlSettings {
         home: home.to_path_buf(),
         exe: std::env::current_exe().context("cannot find the sluice executable for replicas")?,

@@ -1,17 +1,13 @@
-//! `sluice serve`: resolve models, load them into the runtime, serve HTTP.
+//! `sluice serve`: its flags, turned into a [`ServeConfig`] that `sluice_serving` loads; then
+//! the listeners and the server.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
-use sluice_backend_ort::{OrtBackend, OrtOptions};
-use sluice_core::{Backend, DeploymentConfig, Device, DeviceFallback};
-use sluice_registry::{ModelFormat, ModelRef, Registry};
-use sluice_runtime::{BatchConfig, Execution, ModelConfig, ModelHandle};
+use sluice_runtime::Execution;
 use sluice_server::{AppState, Repository, ServerConfig};
+use sluice_serving::{Defaults, ServeConfig};
 
 /// Runtime limits and parallelism, shared by `serve` and `up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,24 +68,6 @@ pub struct TuningArgs {
     pub ort_lib: Option<PathBuf>,
 }
 
-/// Per-model settings from `--model-config`; Azure ML deployment-config names where one exists.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelOverrides {
-    instance_count: Option<usize>,
-    intra_op_threads: Option<usize>,
-    execution: Option<String>,
-    max_batch_size: Option<usize>,
-    max_queue_delay_us: Option<u64>,
-    preferred_batch_sizes: Option<Vec<usize>>,
-    replica_max_concurrent_requests: Option<usize>,
-    max_queued_requests: Option<usize>,
-    max_request_wait_time: Option<u64>,
-    scoring_timeout_ms: Option<u64>,
-    device: Option<String>,
-    device_fallback: Option<String>,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Models to serve: NAME or NAME:VERSION from the registry, or the path of an .onnx file.
@@ -114,264 +92,36 @@ pub struct ServeArgs {
     pub tuning: TuningArgs,
 }
 
-/// A model to load: where its bytes are, what to call it, and how to run it.
-struct ModelSource {
-    name: String,
-    version: String,
-    path: PathBuf,
-    format: ModelFormat,
-    config: Option<serde_json::Value>,
-    /// The registered signature (what TorchScript models run with).
-    signature: sluice_core::ModelSignature,
-}
-
-fn resolve(home: &Path, specs: &[String]) -> anyhow::Result<Vec<ModelSource>> {
-    let mut registry = None;
-    specs
-        .iter()
-        .map(|spec| {
-            let path = Path::new(spec);
-            if path.is_file() {
-                let name = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .ok_or_else(|| anyhow::anyhow!("cannot name a model after {}", path.display()))?;
-                return Ok(ModelSource {
-                    name: name.to_owned(),
-                    version: "1".into(),
-                    path: path.to_path_buf(),
-                    format: ModelFormat::Onnx,
-                    config: None,
-                    signature: Default::default(),
-                });
-            }
-            if spec.ends_with(".onnx") || spec.contains('/') {
-                bail!("model file {spec} does not exist");
-            }
-            let reference: ModelRef = spec.parse()?;
-            if registry.is_none() {
-                registry = Some(Registry::open(home)?);
-            }
-            let registry = registry.as_ref().expect("opened above");
-            let mv = registry.resolve(&reference).with_context(|| format!("cannot serve {spec}"))?;
-            Ok(ModelSource {
-                name: mv.name,
-                version: mv.version.to_string(),
-                path: mv.artifact_path,
-                format: mv.format,
-                config: mv.config,
-                signature: mv.signature,
-            })
-        })
-        .collect()
-}
-
-impl ModelOverrides {
-    /// `self`'s settings, falling back to `base` for the ones it leaves out.
-    fn or(&self, base: &ModelOverrides) -> ModelOverrides {
-        ModelOverrides {
-            instance_count: self.instance_count.or(base.instance_count),
-            intra_op_threads: self.intra_op_threads.or(base.intra_op_threads),
-            execution: self.execution.clone().or_else(|| base.execution.clone()),
-            max_batch_size: self.max_batch_size.or(base.max_batch_size),
-            max_queue_delay_us: self.max_queue_delay_us.or(base.max_queue_delay_us),
-            preferred_batch_sizes: self.preferred_batch_sizes.clone().or_else(|| base.preferred_batch_sizes.clone()),
-            replica_max_concurrent_requests: self
-                .replica_max_concurrent_requests
-                .or(base.replica_max_concurrent_requests),
-            max_queued_requests: self.max_queued_requests.or(base.max_queued_requests),
-            max_request_wait_time: self.max_request_wait_time.or(base.max_request_wait_time),
-            scoring_timeout_ms: self.scoring_timeout_ms.or(base.scoring_timeout_ms),
-            device: self.device.clone().or_else(|| base.device.clone()),
-            device_fallback: self.device_fallback.clone().or_else(|| base.device_fallback.clone()),
+impl TuningArgs {
+    /// The flags as the settings every model starts from.
+    fn defaults(&self) -> Defaults {
+        Defaults {
+            instances: self.instances,
+            execution: self.execution,
+            max_batch_size: self.max_batch_size,
+            max_queue_delay_us: self.max_queue_delay_us,
+            preferred_batch_sizes: self.preferred_batch_sizes.clone(),
+            intra_op_threads: self.intra_op_threads,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_queued_requests: self.max_queued_requests,
+            max_request_wait_ms: self.max_request_wait_ms,
+            scoring_timeout_ms: self.scoring_timeout_ms,
         }
     }
-}
 
-/// Reads and checks a deployment config and returns the settings a scoring process applies.
-fn load_deploy_config(path: Option<&Path>) -> anyhow::Result<ModelOverrides> {
-    let Some(path) = path else { return Ok(ModelOverrides::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config = DeploymentConfig::from_json(&text).with_context(|| format!("{}", path.display()))?;
-    if config.num_replicas.is_some_and(|n| n > 1) || config.autoscale_enabled == Some(true) {
-        tracing::info!("num_replicas and autoscale_* apply to services; `sluice serve` is one replica");
-    }
-    Ok(ModelOverrides {
-        instance_count: config.instance_count,
-        intra_op_threads: config.intra_op_threads,
-        max_batch_size: config.max_batch_size,
-        max_queue_delay_us: config.max_queue_delay_us,
-        preferred_batch_sizes: config.preferred_batch_sizes.clone(),
-        replica_max_concurrent_requests: config.replica_max_concurrent_requests,
-        max_request_wait_time: config.max_request_wait_time,
-        scoring_timeout_ms: config.scoring_timeout_ms,
-        device: config.model_device(),
-        device_fallback: config.device_fallback.clone(),
-        ..ModelOverrides::default()
-    })
-}
-
-fn load_overrides(path: Option<&Path>) -> anyhow::Result<BTreeMap<String, ModelOverrides>> {
-    let Some(path) = path else { return Ok(BTreeMap::new()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("invalid model config {}", path.display()))
-}
-
-/// How one model is loaded: runtime settings, engine options, and what to do without its GPU.
-struct LoadPlan {
-    config: ModelConfig,
-    engine: OrtOptions,
-    fallback: DeviceFallback,
-}
-
-fn model_config(tuning: &TuningArgs, o: &ModelOverrides) -> anyhow::Result<LoadPlan> {
-    let defaults = ModelConfig::for_this_machine();
-    let config = ModelConfig {
-        instance_count: o.instance_count.or(tuning.instances).unwrap_or(defaults.instance_count),
-        execution: match &o.execution {
-            Some(e) => e.parse().map_err(anyhow::Error::msg)?,
-            None => tuning.execution,
-        },
-        batching: Some(BatchConfig {
-            max_batch_size: o.max_batch_size.unwrap_or(tuning.max_batch_size),
-            max_queue_delay: Duration::from_micros(o.max_queue_delay_us.unwrap_or(tuning.max_queue_delay_us)),
-            preferred_batch_sizes: o
-                .preferred_batch_sizes
-                .clone()
-                .unwrap_or_else(|| tuning.preferred_batch_sizes.clone()),
+    /// What `sluice_serving` loads `models` with: the flags, then the files they name.
+    pub fn serve_config(&self, home: &Path, models: Vec<String>) -> anyhow::Result<ServeConfig> {
+        let deploy = self.deploy_config.as_deref().map(sluice_serving::read_deploy_config).transpose()?;
+        let per_model = self.model_config.as_deref().map(sluice_serving::read_model_config).transpose()?;
+        Ok(ServeConfig {
+            home: home.to_path_buf(),
+            models,
+            defaults: self.defaults(),
+            deploy: deploy.unwrap_or_default(),
+            per_model: per_model.unwrap_or_default(),
+            ort_lib: self.ort_lib.clone(),
         })
-        .filter(|b| b.max_batch_size > 1),
-        max_concurrent_requests: o.replica_max_concurrent_requests.unwrap_or(tuning.max_concurrent_requests),
-        max_queued_requests: o.max_queued_requests.unwrap_or(tuning.max_queued_requests),
-        max_request_wait: Duration::from_millis(o.max_request_wait_time.unwrap_or(tuning.max_request_wait_ms)),
-        scoring_timeout: Duration::from_millis(o.scoring_timeout_ms.unwrap_or(tuning.scoring_timeout_ms)),
-    };
-    if config.scoring_timeout.is_zero() {
-        bail!("scoring_timeout_ms must be greater than 0");
     }
-    if config.instance_count == 0 {
-        bail!("instance_count (--instances) must be at least 1");
-    }
-    if config.max_concurrent_requests == 0 {
-        bail!("replica_max_concurrent_requests (--max-concurrent-requests) must be at least 1");
-    }
-    let intra_op_threads = o.intra_op_threads.unwrap_or(tuning.intra_op_threads);
-    if intra_op_threads == 0 {
-        bail!("intra_op_threads must be at least 1");
-    }
-    let device: Device = o.device.as_deref().unwrap_or("cpu").parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let fallback: DeviceFallback =
-        o.device_fallback.as_deref().unwrap_or("fail").parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    Ok(LoadPlan { config, engine: OrtOptions { intra_op_threads, device }, fallback })
-}
-
-/// The deployment config and per-model settings, read and checked before anything starts.
-struct Settings {
-    deploy: ModelOverrides,
-    per_model: BTreeMap<String, ModelOverrides>,
-}
-
-fn load_settings(tuning: &TuningArgs, sources: &[ModelSource]) -> anyhow::Result<Settings> {
-    let deploy = load_deploy_config(tuning.deploy_config.as_deref())?;
-    let per_model = load_overrides(tuning.model_config.as_deref())?;
-    if let Some(unknown) = per_model.keys().find(|k| !sources.iter().any(|s| &s.name == *k)) {
-        bail!("the model config names '{unknown}', which is not among the models being served");
-    }
-    for source in sources {
-        let merged = per_model.get(&source.name).cloned().unwrap_or_default().or(&deploy);
-        model_config(tuning, &merged).with_context(|| format!("model {}", source.name))?;
-    }
-    Ok(Settings { deploy, per_model })
-}
-
-/// Loads every model and returns the repository to serve. A model that fails to load is logged
-/// and answered with 503 naming the reason, while the others serve; if none loads, this fails.
-fn load_models(
-    home: &Path,
-    tuning: &TuningArgs,
-    settings: &Settings,
-    sources: Vec<ModelSource>,
-) -> anyhow::Result<Repository> {
-    let (deploy, overrides) = (&settings.deploy, &settings.per_model);
-    // ONNX Runtime is provisioned only when an ONNX model is served.
-    let mut ort_env = None;
-    let mut repository = Repository::default();
-    let mut failures = Vec::new();
-    let total = sources.len();
-    for source in sources {
-        let merged = overrides.get(&source.name).cloned().unwrap_or_default().or(deploy);
-        let plan = model_config(tuning, &merged).with_context(|| format!("model {}", source.name))?;
-        let started = Instant::now();
-        let instances = plan.config.instance_count;
-        let mut load = |device: Device| -> anyhow::Result<ModelHandle> {
-            let config = plan.config.clone();
-            let engine = OrtOptions { device, ..plan.engine.clone() };
-            match source.format {
-                ModelFormat::Onnx => {
-                    if ort_env.is_none() {
-                        let library = sluice_backend_ort::locate_or_provision(tuning.ort_lib.as_deref(), home)?;
-                        ort_env = Some(sluice_backend_ort::init(&library)?);
-                    }
-                    let env = ort_env.expect("initialised above; this is a bug");
-                    Ok(ModelHandle::start(&source.name, &source.version, config, |_| {
-                        OrtBackend::load(env, &source.path, &engine).map(|b| Box::new(b) as Box<dyn Backend>)
-                    })?)
-                }
-                ModelFormat::Plugin => {
-                    if device != Device::Cpu {
-                        bail!("plugin models run where their plugin puts them; device must be cpu, got {device}");
-                    }
-                    let plugin = crate::plugins::PluginConfig::from_config(source.config.as_ref())?;
-                    let library = sluice_backend_plugin::PluginLibrary::open(&plugin.library)?;
-                    Ok(ModelHandle::start(&source.name, &source.version, config, |_| {
-                        sluice_backend_plugin::PluginBackend::load(library.clone(), &source.path, &plugin.options)
-                            .map(|b| Box::new(b) as Box<dyn Backend>)
-                    })?)
-                }
-                ModelFormat::Torchscript => {
-                    let signature = source.signature.clone();
-                    let options =
-                        sluice_backend_torch::TorchOptions { device, intra_op_threads: engine.intra_op_threads };
-                    Ok(ModelHandle::start(&source.name, &source.version, config, |_| {
-                        sluice_backend_torch::load(&source.path, &signature, &options)
-                    })?)
-                }
-            }
-        };
-        let device = plan.engine.device;
-        let loaded = match load(device) {
-            Err(e) if device != Device::Cpu && plan.fallback == DeviceFallback::Cpu => {
-                tracing::warn!(model = %source.name, %device, error = %format!("{e:#}"), "GPU unavailable; running on cpu (device_fallback)");
-                load(Device::Cpu)
-            }
-            other => other,
-        };
-        let options = &plan.engine;
-        match loaded {
-            Ok(handle) => {
-                tracing::info!(
-                    model = %source.name,
-                    version = %source.version,
-                    format = %source.format,
-                    instances,
-                    intra_op_threads = options.intra_op_threads,
-                    load_ms = started.elapsed().as_millis() as u64,
-                    "model loaded"
-                );
-                repository.insert(handle).map_err(anyhow::Error::msg)?;
-            }
-            Err(e) => {
-                let reason = format!("{e:#}");
-                tracing::error!(model = %source.name, version = %source.version, error = %reason, "model failed to load; serving the others");
-                failures.push(format!("{}:{}: {reason}", source.name, source.version));
-                repository.insert_failed(&source.name, reason);
-            }
-        }
-    }
-    if failures.len() == total {
-        bail!("no model could be loaded: {}", failures.join("; "));
-    }
-    Ok(repository)
 }
 
 pub(crate) fn tokio_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -403,17 +153,16 @@ pub(crate) async fn shutdown_signal() {
     eprintln!("sluice: shutting down; finishing in-flight requests");
 }
 
-/// Binds, loads, prints `banner(addr)` and serves until Ctrl-C or SIGTERM.
+/// Checks the settings, binds, loads, prints `banner(addr)` and serves until Ctrl-C or SIGTERM.
 fn run_server(
-    home: &Path,
     host: &str,
     port: u16,
     unix_socket: Option<&Path>,
     tuning: &TuningArgs,
-    sources: Vec<ModelSource>,
+    config: ServeConfig,
     banner: impl FnOnce(SocketAddr, &Repository) -> String,
 ) -> anyhow::Result<()> {
-    let settings = load_settings(tuning, &sources)?;
+    let prepared = sluice_serving::prepare(config)?;
     let runtime = tokio_runtime(tuning.http_threads)?;
     // Bind before loading so a busy port fails at once, not after a slow model load.
     let listener = runtime
@@ -421,10 +170,10 @@ fn run_server(
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr = listener.local_addr()?;
     let unix = match unix_socket {
-        Some(path) => Some(runtime.block_on(async { bind_unix(path) })?),
+        Some(path) => Some(runtime.block_on(async { sluice_http1::stream::bind_unix(path) })?),
         None => None,
     };
-    let repository = load_models(home, tuning, &settings, sources)?;
+    let repository = prepared.load()?;
     let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes });
     println!("{}", banner(addr, &state.repository));
     let served = runtime.block_on(sluice_server::serve(listener, unix, state, shutdown_signal()));
@@ -436,35 +185,22 @@ fn run_server(
     Ok(())
 }
 
-/// Listens on the Unix socket `path`, first removing a socket file an earlier run left there
-/// (never a file of another kind).
-fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            bail!("--unix-socket {}: the path exists and is not a socket", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("cannot replace the stale socket {}", path.display()))?;
-    }
-    tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on the Unix socket {}", path.display()))
-}
-
 fn listing(repository: &Repository) -> String {
     repository.all().map(|m| format!("{}:{}", m.name(), m.version())).collect::<Vec<_>>().join(", ")
 }
 
 pub fn serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
-    let sources = resolve(home, &args.models)?;
+    let config = args.tuning.serve_config(home, args.models)?;
     let addr_file = args.addr_file;
     let unix_socket = args.unix_socket;
-    run_server(home, &args.host, args.port, unix_socket.as_deref(), &args.tuning, sources, |addr, repo| {
+    run_server(&args.host, args.port, unix_socket.as_deref(), &args.tuning, config, |addr, repo| {
         if let Some(path) = &addr_file {
             // The TCP address, then the Unix socket's when there is one. Written whole then
             // renamed, so a reader never sees half of it.
             let mut text = addr.to_string();
             if let Some(socket) = &unix_socket {
                 text.push('\n');
-                text.push_str(&sluice_http1::stream::unix_address(socket));
+                text.push_str(&sluice_routing::unix_address(socket));
             }
             let tmp = path.with_extension("tmp");
             if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {

@@ -24,13 +24,15 @@ impl ControlError {
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ControlError::Registry { source, .. } if source.is_internal() => StatusCode::INTERNAL_SERVER_ERROR,
+            ControlError::Registry { .. } => StatusCode::BAD_REQUEST,
         }
     }
 }
 
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
-        if matches!(self, ControlError::Internal(_)) {
+        if self.status() == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "admin request failed");
         }
         (self.status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response()

@@ -1,12 +1,11 @@
 //! Endpoints (versions with traffic shares in front of services), keys and tokens.
 //!
-//! Every endpoint change is computed on a copy, checked whole with the gateway's own splitter
+//! Every endpoint change is computed on a copy, checked whole with the splitter the gateway routes by (`sluice-routing`)
 //! (so the control plane and the data plane agree on what is valid), and stored in one
 //! transaction; a refused change leaves nothing changed.
 
 use sluice_auth::Claims;
-use sluice_gateway::split::Split;
-use sluice_gateway::{EndpointVersion, TargetKind, token_audience};
+use sluice_routing::{EndpointVersion, Split, TargetKind, token_audience};
 
 use crate::model::{
     AuthMode, CreateEndpoint, EndpointSpec, EndpointStatus, KeyName, Keys, RegenerateKey, TokenRequest, TokenResponse,

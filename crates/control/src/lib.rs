@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sluice_auth::{Jwks, KeyDigest, TokenSigner};
-use sluice_gateway::{AuthPolicy, EndpointRoute, GatewayConfig, ServiceRoute};
+use sluice_routing::{AuthPolicy, EndpointRoute, GatewayConfig, ServiceRoute};
 use tokio::sync::watch;
 
 pub use api::router;
@@ -57,6 +57,14 @@ pub enum ControlError {
     Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A model reference the registry could not resolve, or the registry itself failing; which
+    /// one decides the status ([`RegistryError::is_internal`]).
+    #[error("model '{reference}': {source}")]
+    Registry {
+        reference: String,
+        #[source]
+        source: sluice_registry::RegistryError,
+    },
 }
 
 impl From<store::StoreError> for ControlError {

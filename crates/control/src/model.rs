@@ -1,7 +1,7 @@
 //! The control plane's resources as the admin API and the CLI exchange them.
 
 use serde::{Deserialize, Serialize};
-use sluice_gateway::EndpointVersion;
+use sluice_routing::EndpointVersion;
 
 /// A service as stored: resolved models and the configs it was deployed with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

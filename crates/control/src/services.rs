@@ -59,8 +59,9 @@ fn resolve_models(home: &std::path::Path, refs: &[String]) -> Result<Vec<String>
     let registry = Registry::open(home).map_err(|e| ControlError::Internal(e.to_string()))?;
     let mut resolved: Vec<String> = Vec::new();
     for r in refs {
-        let reference: ModelRef = r.parse().map_err(|e| ControlError::Invalid(format!("model '{r}': {e}")))?;
-        let mv = registry.resolve(&reference).map_err(|e| ControlError::Invalid(format!("model '{r}': {e}")))?;
+        let registry_error = |source| ControlError::Registry { reference: r.clone(), source };
+        let reference: ModelRef = r.parse().map_err(registry_error)?;
+        let mv = registry.resolve(&reference).map_err(registry_error)?;
         if resolved.iter().any(|m| m.split(':').next() == Some(mv.name.as_str())) {
             return Err(ControlError::Invalid(format!("model '{}' is named twice", mv.name)));
         }

@@ -302,7 +302,7 @@ fn spawn(
 /// on Linux): that replica is reached over TCP only.
 fn unix_socket_path(plan: &Plan, replica: &Replica) -> Option<PathBuf> {
     const MAX_SOCKET_PATH: usize = 107;
-    let run = sluice_gateway::random_seed() as u32;
+    let run = sluice_routing::random_seed() as u32;
     let path = plan.dir.join(format!("r{}-{run:08x}.sock", replica.index));
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         tracing::info!(service = %plan.service, path = %path.display(), "socket path too long for a Unix socket; gateways reach this replica over TCP");
@@ -334,7 +334,7 @@ async fn supervise(
         if let Ok(text) = std::fs::read_to_string(addr_file)
             && let Some(addr) = text.lines().next().filter(|l| !l.is_empty())
         {
-            let local = text.lines().nth(1).map(str::trim).filter(|l| l.starts_with(sluice_http1::stream::UNIX_PREFIX));
+            let local = text.lines().nth(1).map(str::trim).filter(|l| l.starts_with(sluice_routing::UNIX_PREFIX));
             *lock(&replica.local_address) = local.map(str::to_owned);
             break addr.trim().to_owned();
         }

@@ -2,6 +2,8 @@
 
 use http::StatusCode;
 
+use crate::upstream::UpstreamError;
+
 /// Where a failure came from decides its status (design.md, "Status codes"). Messages never
 /// contain a credential.
 #[derive(Debug, thiserror::Error)]
@@ -24,11 +26,15 @@ pub enum GatewayError {
     #[error("{0}")]
     Unavailable(String),
     /// The replica accepted the request but did not answer in time.
-    #[error("{0}")]
-    UpstreamTimeout(String),
-    /// The replica could not be reached or broke the connection.
-    #[error("{0}")]
-    Upstream(String),
+    #[error("service '{service}' did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { service: String, timeout_ms: u64 },
+    /// No replica could be reached, or the one that answered broke its response off.
+    #[error("no replica of service '{service}' answered: {source}")]
+    Upstream {
+        service: String,
+        #[source]
+        source: UpstreamError,
+    },
 }
 
 impl GatewayError {
@@ -43,8 +49,8 @@ impl GatewayError {
             GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -59,8 +65,8 @@ impl GatewayError {
             GatewayError::HeadersTooLarge(_) => "headers_too_large",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::Unavailable(_) => "unavailable",
-            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
-            GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Upstream { .. } => "upstream_error",
         }
     }
 }

@@ -7,12 +7,10 @@
 //! engine crate, so a gateway image carries no ONNX Runtime or libtorch.
 #![forbid(unsafe_code)]
 
-pub mod config;
 pub mod error;
 pub mod metrics;
 mod proxy;
 mod server;
-pub mod split;
 mod table;
 mod upstream;
 
@@ -24,10 +22,9 @@ use arc_swap::ArcSwap;
 use http::StatusCode;
 use sluice_auth::Algorithm;
 
-pub use config::{AuthPolicy, EndpointRoute, EndpointVersion, GatewayConfig, ServiceRoute, TargetKind, token_audience};
 pub use metrics::GatewayMetrics;
-pub use proxy::{ROUTE_KEY_HEADER, VERSION_HEADER};
 pub use server::serve;
+pub use sluice_routing::{GatewayConfig, random_seed};
 pub use table::ConfigError;
 use table::{ReplicaSet, RouteTable};
 
@@ -71,12 +68,6 @@ impl Default for GatewaySettings {
 /// answer takes, so at low concurrency the gateway rarely sleeps between request and answer.
 pub const DEFAULT_BUSY_POLL_MICROS: u64 = 200;
 
-/// A seed from std's randomly keyed hasher: no RNG dependency for one number.
-pub fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new().build_hasher().finish()
-}
-
 /// A running gateway's state; share it as `Arc<Gateway>`.
 pub struct Gateway {
     table: ArcSwap<RouteTable>,
@@ -85,7 +76,7 @@ pub struct Gateway {
     /// Every gateway series, rendered at `/metrics`.
     pub metrics: GatewayMetrics,
     settings: GatewaySettings,
-    /// Counter of random draws; see [`split::unit_interval_at`].
+    /// Counter of random draws; see [`sluice_routing::split::unit_interval_at`].
     draws: AtomicU64,
     clock: Instant,
     shadow_slots: Arc<tokio::sync::Semaphore>,

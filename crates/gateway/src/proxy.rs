@@ -8,19 +8,14 @@ use bytes::Bytes;
 use http::HeaderValue;
 use sluice_auth::{KeyDigest, bearer_credential};
 use sluice_http1::Head;
+use sluice_routing::split::unit_interval_at;
+use sluice_routing::{AuthPolicy, ROUTE_KEY_HEADER, TargetKind, VERSION_HEADER};
 
 use crate::Gateway;
-use crate::config::{AuthPolicy, TargetKind};
 use crate::error::GatewayError;
 use crate::metrics::RouteStats;
-use crate::split::unit_interval_at;
 use crate::table::{EndpointTarget, RouteTable, ServiceTarget, Target, VersionTarget, millis_since};
 use crate::upstream::Answer;
-
-/// Pins a request to one version by name; also names the version that answered, on every response.
-pub const VERSION_HEADER: &str = "x-sluice-version";
-/// Routes a request by a stable hash of its value, so one user stays on one version.
-pub const ROUTE_KEY_HEADER: &str = "x-sluice-route-key";
 
 /// Headers the replica must not see besides the hop-by-hop ones: the caller's credential, the
 /// gateway's own routing headers, and framing the gateway sets itself.
@@ -128,7 +123,7 @@ impl Outgoing {
         head.extend_from_slice(path.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
         // A Unix socket's path is no host name; such a replica is on this host.
-        let host = if replica.starts_with(sluice_http1::stream::UNIX_PREFIX) { "localhost" } else { replica };
+        let host = if replica.starts_with(sluice_routing::UNIX_PREFIX) { "localhost" } else { replica };
         sluice_http1::push_header(&mut head, "host", host.as_bytes());
         head.extend_from_slice(&self.headers);
         if !self.body.is_empty() || self.method != "GET" && self.method != "HEAD" {
@@ -324,9 +319,7 @@ impl Gateway {
             let Some((index, replica)) = service.pool.choose(now, tried) else {
                 return Err(match last_error {
                     None => GatewayError::Unavailable(format!("service '{}' has no ready replica", service.name)),
-                    Some(e) => {
-                        GatewayError::Upstream(format!("no replica of service '{}' answered: {e}", service.name))
-                    }
+                    Some(source) => GatewayError::Upstream { service: service.name.clone(), source },
                 });
             };
             tried |= 1 << index;
@@ -334,11 +327,10 @@ impl Gateway {
             let sent = crate::upstream::send(&replica.addr, &head, &out.body, to_head, MAX_RESPONSE_BYTES, poll);
             match tokio::time::timeout(self.settings.upstream_timeout, sent).await {
                 Err(_) => {
-                    return Err(GatewayError::UpstreamTimeout(format!(
-                        "service '{}' did not answer within {} ms",
-                        service.name,
-                        self.settings.upstream_timeout.as_millis()
-                    )));
+                    return Err(GatewayError::UpstreamTimeout {
+                        service: service.name.clone(),
+                        timeout_ms: u64::try_from(self.settings.upstream_timeout.as_millis()).unwrap_or(u64::MAX),
+                    });
                 }
                 Ok(Ok(answer)) => {
                     replica.succeeded();
@@ -348,6 +340,10 @@ impl Gateway {
                     if replica.failed(now) {
                         self.metrics.ejections.inc();
                         tracing::warn!(service = %service.name, replica = %replica.addr, error = %e, "replica failed; ejected for a while");
+                    }
+                    // A response that started and broke off is the caller's answer: never resent.
+                    if !e.is_retryable() {
+                        return Err(GatewayError::Upstream { service: service.name.clone(), source: e });
                     }
                     if service.pool.len() > 1 {
                         self.metrics.upstream_retries.inc();
@@ -395,6 +391,11 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_published_unix_address_is_what_the_connector_reads() {
+        assert_eq!(sluice_routing::UNIX_PREFIX, sluice_http1::stream::UNIX_PREFIX);
+    }
 
     #[test]
     fn routes_parse_and_rewrite() {

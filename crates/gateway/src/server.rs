@@ -14,7 +14,8 @@ use sluice_http1::{Error as WireError, Head};
 
 use crate::Gateway;
 use crate::error::GatewayError;
-use crate::proxy::{Outcome, VERSION_HEADER};
+use crate::proxy::Outcome;
+use sluice_routing::VERSION_HEADER;
 
 /// Serves the gateway on `listener` until `shutdown` resolves; requests in flight are answered
 /// first, and idle connections are closed.

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use sluice_auth::{Algorithm, TokenVerifier};
 
-use crate::config::{AuthPolicy, GatewayConfig, TargetKind, token_audience};
 use crate::metrics::{GatewayMetrics, RouteStats};
-use crate::split::{Role, Split};
+use sluice_routing::{AuthPolicy, GatewayConfig, Role, Split, TargetKind, token_audience};
 
 /// First ejection of a failing replica; doubles with each further failure, up to the maximum.
 const EJECT_BASE: Duration = Duration::from_millis(500);
@@ -191,7 +190,7 @@ pub struct RouteTable {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("endpoint '{endpoint}': {source}")]
-    Split { endpoint: String, source: crate::split::SplitError },
+    Split { endpoint: String, source: sluice_routing::SplitError },
     #[error("endpoint '{endpoint}' version '{version}' names unknown service '{service}'")]
     UnknownService { endpoint: String, version: String, service: String },
     #[error("token verification keys: {0}")]

@@ -48,11 +48,11 @@ fn give_back(addr: &Arc<str>, connection: Connection) {
     });
 }
 
-async fn connect(addr: &str) -> Result<Connection, String> {
+async fn connect(addr: &str) -> Result<Connection, UpstreamError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, Stream::connect(addr))
         .await
-        .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        .map_err(|_| UpstreamError::ConnectTimeout { replica: addr.to_owned() })?
+        .map_err(|source| UpstreamError::Connect { replica: addr.to_owned(), source })?;
     Ok(Connection { stream, buf: BytesMut::with_capacity(8 * 1024) })
 }
 
@@ -62,11 +62,62 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// How an exchange failed: before any byte of a response (the request may be sent again), or
-/// after.
+/// How one attempt at a replica failed. What decides a retry is whether any byte of a response
+/// arrived: before that the replica did nothing the caller could see, and scoring has no side
+/// effects, so the request may go to another replica; after it, a response was started and is
+/// never thrown away for another.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {replica}: {source}")]
+    Connect {
+        replica: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {replica} timed out")]
+    ConnectTimeout { replica: String },
+    /// The request could not be written, or the connection ended before any byte of a response.
+    #[error("{replica} sent no response: {source}")]
+    NoResponse {
+        replica: String,
+        #[source]
+        source: WireError,
+    },
+    /// Part of a response arrived, then the connection broke or the response was malformed.
+    #[error("{replica} broke off its response: {source}")]
+    Broken {
+        replica: String,
+        #[source]
+        source: WireError,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the request may be sent again (to another replica): nothing of a response came.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } | UpstreamError::NoResponse { .. } => {
+                true
+            }
+            UpstreamError::Broken { .. } => false,
+        }
+    }
+}
+
+/// [`exchange`]'s failure before it knows the replica's name.
 enum Failure {
-    NoResponse(String),
-    Broken(String),
+    NoResponse(WireError),
+    Broken(WireError),
+}
+
+impl Failure {
+    fn at(self, replica: &str) -> UpstreamError {
+        let replica = replica.to_owned();
+        match self {
+            Failure::NoResponse(source) => UpstreamError::NoResponse { replica, source },
+            Failure::Broken(source) => UpstreamError::Broken { replica, source },
+        }
+    }
 }
 
 async fn exchange(
@@ -77,7 +128,7 @@ async fn exchange(
     max_response: usize,
     poll: Duration,
 ) -> Result<Answer, Failure> {
-    sluice_http1::write_message(&mut c.stream, head, body).await.map_err(|e| Failure::NoResponse(e.to_string()))?;
+    sluice_http1::write_message(&mut c.stream, head, body).await.map_err(|e| Failure::NoResponse(e.into()))?;
     // The request this task handles is the thread's one in flight: poll for the answer rather
     // than sleep until it comes.
     sluice_http1::poll::until_readable(&c.stream, poll, 1).await;
@@ -85,9 +136,9 @@ async fn exchange(
         let head = sluice_http1::read_head(&mut c.stream, &mut c.buf, |b| sluice_http1::parse_response(b, to_head))
             .await
             .map_err(|e| match e {
-                WireError::Closed => Failure::NoResponse("connection closed before a response".into()),
-                WireError::Io(e) if c.buf.is_empty() => Failure::NoResponse(e.to_string()),
-                e => Failure::Broken(e.to_string()),
+                WireError::Closed => Failure::NoResponse(e),
+                WireError::Io(_) if c.buf.is_empty() => Failure::NoResponse(e),
+                e => Failure::Broken(e),
             })?;
         // Interim answers (103 Early Hints, say) are not forwarded; the final one follows.
         if !(100..200).contains(&head.status) {
@@ -96,7 +147,7 @@ async fn exchange(
     };
     let body = sluice_http1::read_body(&mut c.stream, &mut c.buf, response.framing, max_response)
         .await
-        .map_err(|e| Failure::Broken(e.to_string()))?;
+        .map_err(Failure::Broken)?;
     Ok(Answer { head: response, body })
 }
 
@@ -111,7 +162,7 @@ pub async fn send(
     to_head: bool,
     max_response: usize,
     poll: Duration,
-) -> Result<Answer, String> {
+) -> Result<Answer, UpstreamError> {
     let mut pooled = take_idle(addr);
     loop {
         let reused = pooled.is_some();
@@ -129,7 +180,7 @@ pub async fn send(
             }
             // The replica closed an idle keep-alive connection just as it was reused.
             Err(Failure::NoResponse(_)) if reused => pooled = take_idle(addr),
-            Err(Failure::NoResponse(e) | Failure::Broken(e)) => return Err(format!("{addr}: {e}")),
+            Err(failure) => return Err(failure.at(addr)),
         }
     }
 }

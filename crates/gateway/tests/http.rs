@@ -11,7 +11,8 @@ use axum::extract::Request;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sluice_auth::KeyDigest;
-use sluice_gateway::{AuthPolicy, Gateway, GatewayConfig, GatewaySettings, ServiceRoute};
+use sluice_gateway::{Gateway, GatewaySettings};
+use sluice_routing::{AuthPolicy, GatewayConfig, ServiceRoute};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -331,4 +332,87 @@ async fn gateway_metrics_count_refusals() {
     let text =
         client.get(format!("http://{}/metrics", f.gateway)).send().await.expect("metrics").text().await.expect("text");
     assert!(text.lines().any(|l| l.contains("reason=\"unauthorized\"") && l.ends_with(" 1")), "{text}");
+}
+
+/// A replica that reads each request whole, counts it, writes `answer` and closes the connection:
+/// an answer shorter than its declared length is a response broken off after it started.
+async fn scripted_replica(answer: &'static [u8], received: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head, then as much body as it declares, so closing resets nothing unread.
+                let wanted = loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break end + 4 + length;
+                    }
+                };
+                while got.len() < wanted {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway with one open service `pair` in front of `replicas`.
+async fn gateway_for(replicas: Vec<String>) -> SocketAddr {
+    let gateway = Gateway::new(GatewaySettings { seed: 7, ..GatewaySettings::default() });
+    let service = ServiceRoute { name: "pair".into(), models: vec!["m".into()], replicas, auth: AuthPolicy::None };
+    gateway
+        .apply(&GatewayConfig { generation: 1, services: vec![service], ..GatewayConfig::default() })
+        .expect("config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(sluice_gateway::serve(listener, gateway, std::future::pending()));
+    addr
+}
+
+#[tokio::test]
+async fn a_response_that_broke_off_is_never_resent_but_no_response_is() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let url = |gateway: SocketAddr| format!("http://{gateway}/services/pair/v2/models/m/infer");
+    let client = reqwest::Client::new();
+
+    // Both replicas start an answer and break it off: the first one's failure is the caller's.
+    let broken = Arc::new(AtomicUsize::new(0));
+    let truncated = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"outputs\":";
+    let replicas =
+        vec![scripted_replica(truncated, broken.clone()).await, scripted_replica(truncated, broken.clone()).await];
+    let gateway = gateway_for(replicas).await;
+    let r = client.post(url(gateway)).body("{}").send().await.expect("send");
+    assert_eq!(r.status(), 502);
+    let error = r.json::<Value>().await.expect("json")["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("broke off"), "{error}");
+    assert_eq!(broken.load(Ordering::SeqCst), 1, "a started response was resent to the other replica");
+
+    // Both close without a byte of answer: the request is resent, so both replicas see it.
+    let silent = Arc::new(AtomicUsize::new(0));
+    let replicas = vec![scripted_replica(b"", silent.clone()).await, scripted_replica(b"", silent.clone()).await];
+    let gateway = gateway_for(replicas).await;
+    let r = client.post(url(gateway)).body("{}").send().await.expect("send");
+    assert_eq!(r.status(), 502);
+    assert_eq!(silent.load(Ordering::SeqCst), 2, "a request with no response is tried on the next replica");
 }

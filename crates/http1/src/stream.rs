@@ -48,9 +48,21 @@ impl Stream {
 /// How an address names a Unix socket: `unix:/path/to/socket`.
 pub const UNIX_PREFIX: &str = "unix:";
 
-/// The address [`Stream::connect`] reaches `path` with.
-pub fn unix_address(path: &Path) -> String {
-    format!("{UNIX_PREFIX}{}", path.display())
+/// Listens on the Unix socket `path`, first removing a socket file an earlier run left there
+/// (never a file of another kind: that is refused, naming the path).
+pub fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    let named = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}: the path exists and is not a socket", path.display()),
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| named(e, "cannot replace the stale socket"))?;
+    }
+    tokio::net::UnixListener::bind(path).map_err(|e| named(e, "cannot listen on the Unix socket"))
 }
 
 impl AsyncRead for Stream {

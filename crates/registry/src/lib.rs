@@ -51,6 +51,26 @@ pub enum RegistryError {
     Corrupt(#[from] serde_json::Error),
 }
 
+impl RegistryError {
+    /// Whether the registry itself failed (its database, its artifact files), rather than the
+    /// request naming something that is not there or not valid: a 500, not a 400, at an API.
+    pub fn is_internal(&self) -> bool {
+        match self {
+            RegistryError::Store(_) | RegistryError::Artifact(_) | RegistryError::Corrupt(_) => true,
+            RegistryError::Read { .. }
+            | RegistryError::NotAModel { .. }
+            | RegistryError::NotTorchScript(_)
+            | RegistryError::MissingSignature { .. }
+            | RegistryError::InvalidConfig(_)
+            | RegistryError::UnknownModel(_)
+            | RegistryError::UnknownVersion { .. }
+            | RegistryError::InvalidName(_)
+            | RegistryError::InvalidReference(_)
+            | RegistryError::InvalidTag(_) => false,
+        }
+    }
+}
+
 type Result<T> = std::result::Result<T, RegistryError>;
 
 /// `NAME` or `NAME:VERSION`, as the CLI and `sluice serve` take it.

@@ -1,8 +1,6 @@
 //! Every way a data-plane request can fail, and the one place that maps each to a status code.
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use sluice_runtime::{ErrorKind, InferError};
 
 /// A request that got no result. Messages name the problem and never echo credentials.
@@ -10,6 +8,11 @@ use sluice_runtime::{ErrorKind, InferError};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// No route has this path.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed here; use {allowed}")]
+    MethodNotAllowed { method: String, allowed: &'static str },
     #[error("unknown model '{name}' (serving: {serving})")]
     UnknownModel { name: String, serving: String },
     #[error("model '{name}' has no version '{version}' (serving versions: {serving})")]
@@ -35,7 +38,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnknownModel { .. } | ApiError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::UnknownModel { .. } | ApiError::UnknownVersion { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -47,12 +53,25 @@ impl ApiError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ApiError::BadRequest(_)
+            | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::UnknownModel { .. }
             | ApiError::UnknownVersion { .. } => ErrorKind::BadRequest,
             ApiError::Overloaded(_) | ApiError::NotReady(_) => ErrorKind::Overloaded,
             ApiError::Timeout(_) => ErrorKind::Timeout,
             ApiError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Headers the status asks for: which method a 405's route takes, and when to retry after a
+    /// 503 (overload clears in well under a second at the default limits).
+    pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ApiError::MethodNotAllowed { allowed: "GET", .. } => &[("allow", "GET, HEAD")],
+            ApiError::MethodNotAllowed { .. } => &[("allow", "POST")],
+            ApiError::Overloaded(_) | ApiError::NotReady(_) => &[("retry-after", "1")],
+            _ => &[],
         }
     }
 }
@@ -67,17 +86,5 @@ impl From<InferError> for ApiError {
             InferError::Backend(sluice_core::BackendError::InvalidInput(_)) => ApiError::BadRequest(msg),
             InferError::Backend(_) | InferError::Panicked(_) => ApiError::Internal(msg),
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let mut response = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            // Overload clears in well under a second at the default limits.
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
     }
 }

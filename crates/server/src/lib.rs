@@ -6,8 +6,10 @@
 mod error;
 mod front;
 pub mod json;
+mod reply;
 mod repository;
 pub mod request;
+mod route;
 mod score;
 mod v2;
 
@@ -16,19 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use axum::Router;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use sluice_runtime::{ErrorKind, ModelHandle};
 use sluice_telemetry::TextEncoder;
 
 pub use error::ApiError;
 pub use front::serve;
+pub use reply::Reply;
 pub use repository::Repository;
+pub use route::{ModelAction, Route, route};
 pub use v2::HEADER_LENGTH;
 
 /// Settings of the HTTP layer.
@@ -59,24 +57,11 @@ impl AppState {
     }
 }
 
-/// A request body, or why it could not be read.
-pub(crate) type Body = Result<Bytes, BytesRejection>;
-
-pub(crate) fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge { limit }
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {}", rejection.body_text()))
-        }
-    })
-}
-
 /// Runs a model request and records its count, errors and duration against the model.
 pub(crate) async fn instrumented(
     model: &ModelHandle,
-    request: impl Future<Output = Result<Response, ApiError>>,
-) -> Result<Response, ApiError> {
+    request: impl Future<Output = Result<Reply, ApiError>>,
+) -> Result<Reply, ApiError> {
     let started = Instant::now();
     let result = request.await;
     let metrics = model.metrics();
@@ -88,34 +73,42 @@ pub(crate) async fn instrumented(
     result
 }
 
-/// The full HTTP surface of a scoring server.
-pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/v2", get(v2::server_metadata))
-        .route("/v2/health/live", get(v2::live))
-        .route("/v2/health/ready", get(v2::server_ready))
-        .route("/v2/models/{name}", get(v2::metadata))
-        .route("/v2/models/{name}/ready", get(v2::ready))
-        .route("/v2/models/{name}/infer", post(v2::infer))
-        .route("/v2/models/{name}/versions/{version}", get(v2::metadata_versioned))
-        .route("/v2/models/{name}/versions/{version}/ready", get(v2::ready_versioned))
-        .route("/v2/models/{name}/versions/{version}/infer", post(v2::infer_versioned))
-        .route("/score", post(score::score))
-        .route("/models/{name}/score", post(score::score_named))
-        .route("/models/{name}/versions/{version}/score", post(score::score_versioned))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
-}
-
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": "no such route" }))).into_response()
+/// Answers one request: `target` is the request's path and query, `header_length` its
+/// `Inference-Header-Content-Length`, `body` the body as read (or why it could not be). This is
+/// the whole HTTP surface of a scoring server short of the connection; tests drive it directly.
+pub async fn answer(
+    state: &AppState,
+    method: &str,
+    target: &str,
+    header_length: Option<&[u8]>,
+    body: Result<Bytes, ApiError>,
+) -> Reply {
+    let path = target.split('?').next().unwrap_or_default();
+    let route = match route::route(method, path) {
+        Ok(route) => route,
+        Err(e) => return e.into(),
+    };
+    let result = match route {
+        Route::ServerMetadata => Ok(v2::server_metadata(state)),
+        Route::Live => Ok(v2::live()),
+        Route::ServerReady => Ok(v2::server_ready(state)),
+        Route::Metrics => Ok(metrics(state)),
+        Route::ScoreOnly => score::score(state, None, None, body).await,
+        Route::Model { name, version, action } => {
+            let version = version.as_deref();
+            match action {
+                ModelAction::Metadata => v2::model_metadata(state, &name, version),
+                ModelAction::Ready => v2::model_ready(state, &name, version),
+                ModelAction::Infer => v2::infer(state, &name, version, header_length, body).await,
+                ModelAction::Score => score::score(state, Some(&name), version, body).await,
+            }
+        }
+    };
+    result.unwrap_or_else(Reply::from)
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+fn metrics(state: &AppState) -> Reply {
     let models: Vec<_> = state.repository.all().collect();
     let labels: Vec<[(&str, &str); 2]> =
         models.iter().map(|m| [("model", m.name()), ("version", m.version())]).collect();
@@ -166,5 +159,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "Loaded instances per model version.",
         models.iter().zip(&labels).map(|(m, l)| (&l[..], m.config().instance_count as f64)),
     );
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], enc.finish()).into_response()
+    Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        headers: Vec::new(),
+        body: enc.finish().into_bytes(),
+    }
 }

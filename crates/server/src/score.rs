@@ -3,11 +3,7 @@
 //! the model); the answer is `{"outputs": {"name": nested arrays}}`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,7 +12,8 @@ use sluice_runtime::ModelHandle;
 
 use crate::error::ApiError;
 use crate::json::{NestedData, ShapeTracker, decode_data};
-use crate::{AppState, Body, instrumented, read_body};
+use crate::reply::Reply;
+use crate::{AppState, instrumented};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,7 +46,7 @@ fn tensor(spec: &TensorSpec, raw: &RawValue) -> Result<Tensor, ApiError> {
     Tensor::new(spec.name.clone(), shape, data).map_err(|e| bad(e.to_string()))
 }
 
-async fn score_on(model: &ModelHandle, body: &Bytes) -> Result<Response, ApiError> {
+async fn score_on(model: &ModelHandle, body: &Bytes) -> Result<Reply, ApiError> {
     let request: ScoreRequest<'_> =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed request JSON: {e}")))?;
     let signature = model.signature();
@@ -95,44 +92,25 @@ async fn score_on(model: &ModelHandle, body: &Bytes) -> Result<Response, ApiErro
             .collect(),
     };
     let body = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("encoding the response: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+    Ok(Reply::encoded_json(body))
 }
 
-async fn score_model(state: &AppState, model: &ModelHandle, body: Body) -> Result<Response, ApiError> {
-    instrumented(model, async {
-        let body = read_body(body, state.config.max_body_bytes)?;
-        score_on(model, &body).await
-    })
-    .await
-}
-
-/// `POST /score`: scores against the only model served.
-pub async fn score(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let model = state.repository.only().ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "this server serves several models ({}); use /models/NAME/score",
-            state.repository.names().join(", ")
-        ))
-    })?;
-    score_model(&state, model, body).await
-}
-
-/// `POST /models/{name}/score`
-pub async fn score_named(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let model = state.repository.get(&name, None)?;
-    score_model(&state, model, body).await
-}
-
-/// `POST /models/{name}/versions/{version}/score`
-pub async fn score_versioned(
-    State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, String)>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let model = state.repository.get(&name, Some(&version))?;
-    score_model(&state, model, body).await
+/// `POST /models/{name}[/versions/{version}]/score`, or `POST /score` (`name` `None`) for the
+/// only model served.
+pub(crate) async fn score(
+    state: &AppState,
+    name: Option<&str>,
+    version: Option<&str>,
+    body: Result<Bytes, ApiError>,
+) -> Result<Reply, ApiError> {
+    let model = match name {
+        Some(name) => state.repository.get(name, version)?,
+        None => state.repository.only().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "this server serves several models ({}); use /models/NAME/score",
+                state.repository.names().join(", ")
+            ))
+        })?,
+    };
+    instrumented(model, async { score_on(model, &body?).await }).await
 }

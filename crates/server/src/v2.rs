@@ -1,17 +1,10 @@
 //! Open Inference Protocol v2 (KServe v2 / Triton) REST: health, metadata, readiness and infer,
 //! with JSON tensors and the binary tensor data extension.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use std::borrow::Cow;
-use std::convert::Infallible;
-
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
 use sluice_core::{Tensor, TensorData, TensorSpec};
@@ -19,8 +12,9 @@ use sluice_runtime::ModelHandle;
 
 use crate::error::ApiError;
 use crate::json::FlatData;
+use crate::reply::Reply;
 use crate::request::read_request;
-use crate::{AppState, Body, instrumented, read_body};
+use crate::{AppState, instrumented};
 
 /// Header that splits a binary-extension body into its JSON part and its binary part.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -32,18 +26,6 @@ struct InferRequest<'a> {
     /// Requested outputs by name with their own `binary_data` choice; empty means all outputs.
     outputs: Vec<(String, Option<bool>)>,
     binary_by_default: bool,
-}
-
-/// The `Inference-Header-Content-Length` header, taken from the request without copying the
-/// whole header map (which axum's `HeaderMap` extractor does).
-pub struct HeaderLength(Option<HeaderValue>);
-
-impl<S: Send + Sync> FromRequestParts<S> for HeaderLength {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(HeaderLength(parts.headers.get(HEADER_LENGTH).cloned()))
-    }
 }
 
 fn decode<'a>(header_length: Option<&[u8]>, body: &'a Bytes) -> Result<InferRequest<'a>, ApiError> {
@@ -126,7 +108,7 @@ struct BinarySize {
     binary_data_size: usize,
 }
 
-fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[bool]) -> Result<Response, ApiError> {
+fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[bool]) -> Result<Reply, ApiError> {
     let mut blob = Vec::new();
     let wire = WireResponse {
         model_name: model.name(),
@@ -151,17 +133,19 @@ fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[b
     let mut body = Vec::with_capacity(estimate + blob.len());
     serde_json::to_writer(&mut body, &wire).map_err(|e| ApiError::Internal(format!("encoding the response: {e}")))?;
     if blob.is_empty() && !binary.contains(&true) {
-        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response());
+        return Ok(Reply::encoded_json(body));
     }
     let json_len = body.len();
     body.extend_from_slice(&blob);
-    let mut response =
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))], body).into_response();
-    response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(json_len));
-    Ok(response)
+    Ok(Reply {
+        status: 200,
+        content_type: "application/octet-stream",
+        headers: vec![(HEADER_LENGTH, json_len.to_string())],
+        body,
+    })
 }
 
-async fn infer_on(model: &ModelHandle, header_length: Option<&[u8]>, body: &Bytes) -> Result<Response, ApiError> {
+async fn infer_on(model: &ModelHandle, header_length: Option<&[u8]>, body: &Bytes) -> Result<Reply, ApiError> {
     let request = decode(header_length, body)?;
     let signature = model.signature();
     let inputs = signature.order_inputs(request.inputs).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -179,39 +163,17 @@ async fn infer_on(model: &ModelHandle, header_length: Option<&[u8]>, body: &Byte
     encode(model, request.id.as_deref(), &outcome.outputs, &binary)
 }
 
-/// Runs an infer request for model `name` (at `version`, or its default version). The body was
+/// Runs an infer request for model `name` (at `version`, or its latest version). The body was
 /// read by the caller; a failure to read it still counts as a failed request of the model.
-pub(crate) async fn infer_model(
+pub(crate) async fn infer(
     state: &AppState,
     name: &str,
     version: Option<&str>,
     header_length: Option<&[u8]>,
     body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply, ApiError> {
     let model = state.repository.get(name, version)?;
     instrumented(model, async { infer_on(model, header_length, &body?).await }).await
-}
-
-/// `POST /v2/models/{name}/infer`
-pub async fn infer(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    header_length: HeaderLength,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let body = read_body(body, state.config.max_body_bytes);
-    infer_model(&state, &name, None, header_length.0.as_ref().map(HeaderValue::as_bytes), body).await
-}
-
-/// `POST /v2/models/{name}/versions/{version}/infer`
-pub async fn infer_versioned(
-    State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, String)>,
-    header_length: HeaderLength,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let body = read_body(body, state.config.max_body_bytes);
-    infer_model(&state, &name, Some(&version), header_length.0.as_ref().map(HeaderValue::as_bytes), body).await
 }
 
 #[derive(Serialize)]
@@ -225,75 +187,53 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata<'_>> {
     specs.iter().map(|s| TensorMetadata { name: &s.name, datatype: s.datatype.as_str(), shape: &s.shape }).collect()
 }
 
-fn model_metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+/// `GET /v2/models/{name}[/versions/{version}]`
+pub(crate) fn model_metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Reply, ApiError> {
     let model = state.repository.get(name, version)?;
     let signature = model.signature();
-    Ok(axum::Json(serde_json::json!({
-        "name": model.name(),
-        "versions": state.repository.versions(name),
-        "platform": model.info().platform,
-        "device": model.info().device.to_string(),
-        "inputs": tensor_metadata(&signature.inputs),
-        "outputs": tensor_metadata(&signature.outputs),
-    }))
-    .into_response())
+    Ok(Reply::json(
+        200,
+        &serde_json::json!({
+            "name": model.name(),
+            "versions": state.repository.versions(name),
+            "platform": model.info().platform,
+            "device": model.info().device.to_string(),
+            "inputs": tensor_metadata(&signature.inputs),
+            "outputs": tensor_metadata(&signature.outputs),
+        }),
+    ))
 }
 
-/// `GET /v2/models/{name}`
-pub async fn metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    model_metadata(&state, &name, None)
-}
-
-/// `GET /v2/models/{name}/versions/{version}`
-pub async fn metadata_versioned(
-    State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    model_metadata(&state, &name, Some(&version))
-}
-
-fn model_ready(state: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+/// `GET /v2/models/{name}[/versions/{version}]/ready`
+pub(crate) fn model_ready(state: &AppState, name: &str, version: Option<&str>) -> Result<Reply, ApiError> {
     let model = state.repository.get(name, version)?;
     let ready = state.ready.load(Ordering::Acquire);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    Ok((status, axum::Json(serde_json::json!({ "name": model.name(), "version": model.version(), "ready": ready })))
-        .into_response())
-}
-
-/// `GET /v2/models/{name}/ready`
-pub async fn ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    model_ready(&state, &name, None)
-}
-
-/// `GET /v2/models/{name}/versions/{version}/ready`
-pub async fn ready_versioned(
-    State(state): State<Arc<AppState>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    model_ready(&state, &name, Some(&version))
+    let body = serde_json::json!({ "name": model.name(), "version": model.version(), "ready": ready });
+    Ok(Reply::json(if ready { 200 } else { 503 }, &body))
 }
 
 /// `GET /v2/health/live`: the process answers.
-pub async fn live() -> Response {
-    axum::Json(serde_json::json!({ "live": true })).into_response()
+pub(crate) fn live() -> Reply {
+    Reply::json(200, &serde_json::json!({ "live": true }))
 }
 
 /// `GET /v2/health/ready`: every model is loaded and the server is not draining.
-pub async fn server_ready(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) fn server_ready(state: &AppState) -> Reply {
     let ready = state.ready.load(Ordering::Acquire);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(serde_json::json!({ "ready": ready }))).into_response()
+    Reply::json(if ready { 200 } else { 503 }, &serde_json::json!({ "ready": ready }))
 }
 
 /// `GET /v2`: server metadata.
-pub async fn server_metadata(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) fn server_metadata(state: &AppState) -> Reply {
     let models: HashMap<String, Vec<String>> =
         state.repository.names().into_iter().map(|n| (n.clone(), state.repository.versions(&n))).collect();
-    axum::Json(serde_json::json!({
-        "name": "sluice",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
-        "models": models,
-    }))
-    .into_response()
+    Reply::json(
+        200,
+        &serde_json::json!({
+            "name": "sluice",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": ["binary_tensor_data"],
+            "models": models,
+        }),
+    )
 }

@@ -2,12 +2,10 @@
 //! fixed-point FPGA device) registered, served beside an ONNX model and failing in every way the
 //! ABI allows, with the server still serving its other models.
 
-mod common;
-
 use std::path::Path;
 
-use common::{PluginMlp, Server, example_plugin, run_err, run_ok, sluice};
 use serde_json::{Value, json};
+use sluice_e2e::process::{PluginMlp, Server, example_plugin, run_err, run_ok, sluice};
 use sluice_e2e::{model_path, ort_library};
 
 const ROWS: [[f64; 4]; 3] = [[1.0, 2.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0], [-2.0, 1.5, 3.0, -0.75]];

@@ -2,8 +2,6 @@
 //! `sluice gateway` and the admin commands as real processes, with real replica processes scoring
 //! with ONNX Runtime on loopback ports.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, run_err, run_ok, signal, sluice};
 use serde_json::{Value, json};
+use sluice_e2e::process::{Server, run_err, run_ok, signal, sluice};
 use sluice_e2e::{assert_outputs_match, expected, model_path, v2_request};
 
 /// A control plane and a gateway following it, in a fresh data directory.
@@ -767,9 +765,11 @@ async fn contradictions_and_invalid_changes_are_refused_by_name() {
 #[tokio::test]
 async fn a_plugin_model_deploys_as_a_service() {
     let p = Platform::start(&[]).await;
-    let model = p.write("fpga.json", &common::PluginMlp::new().json);
-    let config =
-        p.write("fpga-config.json", &json!({ "plugin": { "library": common::example_plugin(), "options": {} } }));
+    let model = p.write("fpga.json", &sluice_e2e::process::PluginMlp::new().json);
+    let config = p.write(
+        "fpga-config.json",
+        &json!({ "plugin": { "library": sluice_e2e::process::example_plugin(), "options": {} } }),
+    );
     p.ok(&[
         "model",
         "register",
@@ -793,7 +793,7 @@ async fn a_plugin_model_deploys_as_a_service() {
         .expect("score");
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("json");
-    let want = common::PluginMlp::new().forward(&rows);
+    let want = sluice_e2e::process::PluginMlp::new().forward(&rows);
     let got = body["outputs"]["y"][0].as_array().expect("row");
     for (g, w) in got.iter().zip(&want[0]) {
         assert!((g.as_f64().expect("f64") - w).abs() < 0.05, "{body} vs {want:?}");

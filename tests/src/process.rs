@@ -1,15 +1,50 @@
-//! Helpers for tests that run the `sluice` binary as a user would.
-#![allow(dead_code)]
+//! Tests that run the `sluice` binary as a user would: the binary, built for this test run,
+//! processes that are stopped when a test fails, signals, and the example plugin.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
-use sluice_e2e::{ort_library, workspace};
+use crate::{ort_library, workspace};
+
+/// The `sluice` executable: `SLUICE_BIN` when set, else built once per test process with
+/// `cargo build` (a no-op when it is fresh), in this test build's profile, with `--features torch`
+/// when this crate has that feature. Built here rather than taken from `CARGO_BIN_EXE_sluice`
+/// because that is only set for tests inside the binary's own crate, and the end-to-end tests live
+/// in this one.
+pub fn sluice_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SLUICE_BIN") {
+            return PathBuf::from(bin);
+        }
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "-p", "sluice-cli", "--bin", "sluice", "--message-format=json-render-diagnostics"])
+            .current_dir(workspace())
+            .stderr(Stdio::inherit());
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        if cfg!(feature = "torch") {
+            build.args(["--features", "torch"]);
+        }
+        let out = build.output().expect("cargo runs");
+        assert!(out.status.success(), "building the sluice binary failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "sluice")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the sluice executable it built")
+    })
+    .clone()
+}
 
 /// `sluice` with a data directory, the test ONNX Runtime, and quiet logs.
 pub fn sluice(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let mut cmd = Command::new(sluice_bin());
     cmd.env("SLUICE_HOME", home)
         .env("SLUICE_ORT_LIB", ort_library())
         .env("SLUICE_LOG", "warn")
@@ -92,11 +127,12 @@ pub fn signal(pid: u32, name: &str) {
 
 /// The example accelerator plugin (`crates/plugin-example`), built once if this test run has not
 /// built it yet.
-pub fn example_plugin() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+pub fn example_plugin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let bin_dir = Path::new(env!("CARGO_BIN_EXE_sluice")).parent().expect("target dir").to_path_buf();
+            let bin = sluice_bin();
+            let bin_dir = bin.parent().expect("target dir").to_path_buf();
             let lib = bin_dir.join("libsluice_plugin_example.so");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
@@ -115,6 +151,12 @@ pub fn example_plugin() -> std::path::PathBuf {
 /// A small MLP for the example plugin (4 -> 3 relu -> 2) and its floating-point forward pass.
 pub struct PluginMlp {
     pub json: serde_json::Value,
+}
+
+impl Default for PluginMlp {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl PluginMlp {

@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_e2e::{expected, model_path};
 
-mod common;
-
-use common::{Server, run_err, run_ok, sluice};
+use sluice_e2e::process::{Server, run_err, run_ok, sluice};
 
 #[test]
 fn model_commands_round_trip() {

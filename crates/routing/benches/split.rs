@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice_gateway::split::{Split, SplitMix64, VersionSpec};
+use sluice_routing::split::{Split, SplitMix64, VersionSpec};
 
 fn versions() -> Vec<VersionSpec> {
     (0..6)

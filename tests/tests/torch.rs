@@ -3,10 +3,8 @@
 //! through the same server, batched or not.
 #![cfg(feature = "torch")]
 
-mod common;
-
-use common::{Server, run_err, run_ok, sluice};
 use serde_json::{Value, json};
+use sluice_e2e::process::{Server, run_err, run_ok, sluice};
 use sluice_e2e::{assert_outputs_match, expected, model_path, v2_request, workspace};
 
 #[tokio::test]
