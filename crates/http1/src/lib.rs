@@ -137,8 +137,14 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
 }
 
+/// Where `part`, a slice httparse returned, lies in `base`. A part that is not inside `base` (an
+/// absent reason phrase is an empty static string, say) is the empty range at 0, never a range
+/// computed from an unrelated address.
 fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+    if part.is_empty() || start > base.len() || part.len() > base.len() - start {
+        return 0..0;
+    }
     start..start + part.len()
 }
 
