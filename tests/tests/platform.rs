@@ -491,7 +491,8 @@ async fn auth_matrix() {
     p.ok(&["endpoint", "create", "ek", "--version", "v1=keyed"]);
     p.ok(&["endpoint", "create", "et", "--version", "v1=keyed", "--auth", "token"]);
     let gw = p.gateway_url().to_owned();
-    let url = |target: &str| format!("{gw}/{target}/v2/models/mlp-small/ready");
+    // Model metadata needs a credential; readiness (below) never does.
+    let url = |target: &str| format!("{gw}/{target}/v2/models/mlp-small");
     let (keyed, ek, et, tokened, open) = (
         url("services/keyed"),
         url("endpoints/ek"),
@@ -545,8 +546,15 @@ async fn auth_matrix() {
     assert!(token["refresh_by"].as_u64() < token["expires_on"].as_u64(), "{token}");
     assert_eq!(status(c, &tokened, Some(&jwt)).await.0, 200, "valid token");
     assert_eq!(status(c, &tokened, None).await.0, 401, "no token");
-    assert_eq!(status(c, &tokened, Some(primary)).await.0, 401, "a key on a token service");
-    assert_eq!(status(c, &keyed, Some(&jwt)).await.0, 401, "a token on a key service");
+    assert_eq!(status(c, &tokened, Some(&old)).await.0, 401, "a key that no longer exists");
+    assert_eq!(status(c, &tokened, Some("my-own-secondary-key-0001")).await.0, 403, "a valid key on a token service");
+    assert_eq!(status(c, &keyed, Some(&jwt)).await.0, 403, "a valid token on a key service");
+    for target in ["services/keyed", "services/tokened", "endpoints/ek", "endpoints/et"] {
+        for probe in ["v2/health/ready", "v2/models/mlp-small/ready"] {
+            let (code, body) = status(c, &format!("{gw}/{target}/{probe}"), None).await;
+            assert_eq!(code, 200, "{target}/{probe} needs no credential: {body}");
+        }
+    }
     let et_token = p.json(&["token", "get", "et"])["access_token"].as_str().expect("token").to_owned();
     assert_eq!(status(c, &et, Some(&et_token)).await.0, 200);
     assert_eq!(status(c, &tokened, Some(&et_token)).await.0, 403, "token for another endpoint");

@@ -2,6 +2,7 @@
 //! commands, the gateway, and `up`.
 
 mod admin_cmd;
+mod admin_front;
 mod client;
 mod model_cmd;
 mod platform;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use serving::{ServeArgs, TuningArgs};
+pub use serving::{FrontDoorArgs, ServeArgs, TuningArgs};
 
 /// Sluice: serve ONNX models over the Open Inference Protocol, fast.
 #[derive(Debug, Parser)]

@@ -11,7 +11,7 @@ use sluice_control::{ControlPlane, ControlSettings, CreateService, ServiceState,
 use sluice_gateway::{ControlSource, Gateway, GatewaySettings};
 use sluice_registry::{RegisterOptions, Registry};
 
-use crate::serving::{bundled_models_dir, shutdown_signal, tokio_runtime};
+use crate::serving::{FrontDoorArgs, bundled_models_dir, shutdown_signal, tokio_runtime};
 
 /// Control plane settings, shared by `control` and `up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,7 +77,7 @@ impl GatewayArgs {
         }
     }
 
-    fn settings(&self) -> anyhow::Result<GatewaySettings> {
+    fn settings(&self, limits: sluice_http1::Limits) -> anyhow::Result<GatewaySettings> {
         let algorithm = self.jwt_algorithm.parse().map_err(|e| anyhow::anyhow!("--jwt-algorithm: {e}"))?;
         if self.gateway_max_body_bytes == 0 || self.upstream_timeout_ms == 0 || self.shadow_timeout_ms == 0 {
             bail!("--gateway-max-body-bytes, --upstream-timeout-ms and --shadow-timeout-ms must be greater than 0");
@@ -90,6 +90,7 @@ impl GatewayArgs {
             shadow_timeout: Duration::from_millis(self.shadow_timeout_ms),
             max_shadow_in_flight: self.max_shadow_in_flight,
             busy_poll: Duration::from_micros(self.busy_poll_us),
+            limits,
         })
     }
 }
@@ -112,12 +113,16 @@ pub struct GatewayCmdArgs {
     pub control_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub front_door: FrontDoorArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ControlCmdArgs {
     #[command(flatten)]
     pub control: ControlArgs,
+    #[command(flatten)]
+    pub front_door: FrontDoorArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,6 +140,9 @@ pub struct UpArgs {
     pub control: ControlArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    /// Limits of both the gateway's and the admin API's listeners.
+    #[command(flatten)]
+    pub front_door: FrontDoorArgs,
 }
 
 fn control_settings(home: &Path, args: &ControlArgs) -> anyhow::Result<ControlSettings> {
@@ -153,7 +161,11 @@ fn control_settings(home: &Path, args: &ControlArgs) -> anyhow::Result<ControlSe
 }
 
 /// Binds the admin API, starts the control plane and serves the API in the background.
-async fn start_control(home: &Path, args: &ControlArgs) -> anyhow::Result<(Arc<ControlPlane>, SocketAddr)> {
+async fn start_control(
+    home: &Path,
+    args: &ControlArgs,
+    limits: sluice_http1::Limits,
+) -> anyhow::Result<(Arc<ControlPlane>, SocketAddr)> {
     let settings = control_settings(home, args)?;
     let (listener, addr) =
         bind(&args.control_host, args.control_port).await.context("the control plane's admin API")?;
@@ -161,7 +173,7 @@ async fn start_control(home: &Path, args: &ControlArgs) -> anyhow::Result<(Arc<C
     sluice_control::write_control_url(home, &format!("http://{addr}"))?;
     let app = sluice_control::router(cp.clone());
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = crate::admin_front::serve(listener, app, limits, std::future::pending()).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     });
@@ -172,7 +184,7 @@ pub fn control(home: &Path, args: ControlCmdArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let runtime = tokio_runtime(None)?;
     runtime.block_on(async {
-        let (cp, addr) = start_control(home, &args.control).await?;
+        let (cp, addr) = start_control(home, &args.control, args.front_door.limits()?).await?;
         println!(
             "sluice: control plane on http://{addr} (data in {}; admin credential in {})",
             home.display(),
@@ -186,7 +198,7 @@ pub fn control(home: &Path, args: ControlCmdArgs) -> anyhow::Result<()> {
 }
 
 pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
-    let settings = args.gateway.settings()?;
+    let settings = args.gateway.settings(args.front_door.limits()?)?;
     let token = match &args.control_token_file {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_owned()
@@ -294,7 +306,8 @@ fn register_bundled(home: &Path, dir: &Path) -> anyhow::Result<Vec<(String, Stri
 }
 
 pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
-    let gateway_settings = args.gateway.settings()?;
+    let limits = args.front_door.limits()?;
+    let gateway_settings = args.gateway.settings(limits.clone())?;
     let dir = bundled_models_dir(args.models_dir.clone())?;
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let models = register_bundled(home, &dir)?;
@@ -306,7 +319,7 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
         let gateway = Gateway::new(gateway_settings);
         let server = GatewayThreads::start(&args.host, args.port, threads, gateway.clone()).await?;
         let addr = server.addr;
-        let (cp, control_addr) = start_control(home, &args.control).await?;
+        let (cp, control_addr) = start_control(home, &args.control, limits).await?;
         feed(gateway, &cp);
 
         // One service per bundled model, kept on the latest registered bytes.

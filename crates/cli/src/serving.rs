@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sluice_runtime::Execution;
@@ -68,6 +69,50 @@ pub struct TuningArgs {
     pub ort_lib: Option<PathBuf>,
 }
 
+/// What every listener allows its callers (the scoring server, the gateway, the admin API): slow
+/// or silent connections are closed and connections beyond a cap wait, so a few hundred slow
+/// callers cannot exhaust a server's file descriptors.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FrontDoorArgs {
+    /// Milliseconds a request head may take to arrive, from its first byte (for a new
+    /// connection, from the accept: one that says nothing is closed after it); then 408.
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds a request body may take before --min-body-rate applies to it.
+    #[arg(long, env = "SLUICE_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+    /// Least rate, in bytes per second, at which a request body must keep arriving after
+    /// --body-read-timeout-ms; a slower one gets 408 and the connection is closed.
+    #[arg(long, env = "SLUICE_MIN_BODY_RATE", default_value_t = 64 * 1024)]
+    pub min_body_rate: u64,
+    /// Milliseconds a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "SLUICE_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub idle_timeout_ms: u64,
+    /// Open connections per listener at most; more wait in the listen backlog (the open ones
+    /// keep working) until one closes.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+}
+
+impl FrontDoorArgs {
+    /// The limits, checked.
+    pub fn limits(&self) -> anyhow::Result<sluice_http1::Limits> {
+        if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 || self.min_body_rate == 0 {
+            bail!("--header-read-timeout-ms, --idle-timeout-ms and --min-body-rate must be greater than 0");
+        }
+        if self.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        Ok(sluice_http1::Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            min_body_rate: self.min_body_rate,
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+        })
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Models to serve: NAME or NAME:VERSION from the registry, or the path of an .onnx file.
@@ -90,6 +135,8 @@ pub struct ServeArgs {
     pub unix_socket: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub front_door: FrontDoorArgs,
 }
 
 impl TuningArgs {
@@ -159,6 +206,7 @@ fn run_server(
     port: u16,
     unix_socket: Option<&Path>,
     tuning: &TuningArgs,
+    limits: sluice_http1::Limits,
     config: ServeConfig,
     banner: impl FnOnce(SocketAddr, &Repository) -> String,
 ) -> anyhow::Result<()> {
@@ -174,7 +222,7 @@ fn run_server(
         None => None,
     };
     let repository = prepared.load()?;
-    let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes });
+    let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes, limits });
     println!("{}", banner(addr, &state.repository));
     let served = runtime.block_on(sluice_server::serve(listener, unix, state, shutdown_signal()));
     if let Some(path) = unix_socket {
@@ -191,9 +239,10 @@ fn listing(repository: &Repository) -> String {
 
 pub fn serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let config = args.tuning.serve_config(home, args.models)?;
+    let limits = args.front_door.limits()?;
     let addr_file = args.addr_file;
     let unix_socket = args.unix_socket;
-    run_server(&args.host, args.port, unix_socket.as_deref(), &args.tuning, config, |addr, repo| {
+    run_server(&args.host, args.port, unix_socket.as_deref(), &args.tuning, limits, config, |addr, repo| {
         if let Some(path) = &addr_file {
             // The TCP address, then the Unix socket's when there is one. Written whole then
             // renamed, so a reader never sees half of it.

@@ -18,6 +18,9 @@ pub enum GatewayError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     BadRequest(String),
+    /// The caller sent its body too slowly (see `sluice_http1::Limits`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     HeadersTooLarge(String),
     #[error("{0}")]
@@ -46,6 +49,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -62,6 +66,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::PayloadTooLarge { .. } => "too_large",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::HeadersTooLarge(_) => "headers_too_large",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::Unavailable(_) => "unavailable",

@@ -48,6 +48,8 @@ pub struct GatewaySettings {
     /// `sluice_http1::poll`): lower latency at low concurrency for up to this much CPU per wait.
     /// Zero turns it off.
     pub busy_poll: Duration,
+    /// Timeouts and the connection cap every caller is held to.
+    pub limits: sluice_http1::Limits,
 }
 
 impl Default for GatewaySettings {
@@ -60,6 +62,7 @@ impl Default for GatewaySettings {
             shadow_timeout: Duration::from_secs(30),
             max_shadow_in_flight: 64,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
+            limits: sluice_http1::Limits::default(),
         }
     }
 }

@@ -72,6 +72,21 @@ fn parse_route(path: &str) -> Option<Route<'_>> {
     }
 }
 
+/// Liveness and readiness routes of a replica, as the path after the target's prefix:
+/// `v2/health/live`, `v2/health/ready`, `v2/models/{m}[/versions/{v}]/ready`.
+fn is_health_path(rest: &str) -> bool {
+    if rest == "v2/health/live" || rest == "v2/health/ready" {
+        return true;
+    }
+    let Some(model) = rest.strip_prefix("v2/models/").and_then(|r| r.strip_suffix("/ready")) else {
+        return false;
+    };
+    match model.split_once("/versions/") {
+        Some((name, version)) => !name.contains('/') && !version.is_empty() && !version.contains('/'),
+        None => !model.is_empty() && !model.contains('/'),
+    }
+}
+
 /// `rest` with the model segment of `v2/models/{m}...` replaced by `model`.
 fn upstream_path(rest: &str, model: Option<&str>, query: Option<&str>) -> String {
     let mut out = String::with_capacity(rest.len() + 32);
@@ -153,6 +168,15 @@ pub(crate) enum Outcome {
     Failed(GatewayError, Option<HeaderValue>),
 }
 
+/// 403 for a valid credential (`what`: key or token) that belongs to another target.
+fn forbidden(what: &str, target: &Target) -> GatewayError {
+    GatewayError::Forbidden(format!("this {what} is not valid for {} '{}'", target.kind().as_str(), target.name()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 // === impl Gateway ===
 
 impl Gateway {
@@ -170,7 +194,16 @@ impl Gateway {
             let what = route.kind.map_or("endpoint or service", TargetKind::as_str);
             GatewayError::NotFound(format!("no {what} named '{}'", route.name))
         })?;
-        self.authorize(&table, &target, request)?;
+        if request.headers().filter(|(n, _)| n.eq_ignore_ascii_case("authorization")).nth(1).is_some() {
+            // Proxies in front may read another of them than the first: never guess which.
+            return Err(GatewayError::BadRequest("more than one Authorization header".into()));
+        }
+        // Liveness and readiness tell nothing a caller could misuse, and load balancers and
+        // orchestrators probe them without credentials (design.md, "Authentication").
+        let probe = matches!(request.method(), "GET" | "HEAD") && is_health_path(route.rest);
+        if !probe {
+            self.authorize(&table, &target, request)?;
+        }
         let (service, stats, version_header, shadow) = match &target {
             Target::Service(service) => (service, &service.stats, &service.version_header, None),
             Target::Endpoint(endpoint) => {
@@ -270,11 +303,10 @@ impl Gateway {
                 if primary.ct_eq(&presented) | secondary.ct_eq(&presented) {
                     Ok(())
                 } else if table.all_key_digests.contains(&presented.to_hex()) {
-                    Err(GatewayError::Forbidden(format!(
-                        "this key is not valid for {} '{}'",
-                        target.kind().as_str(),
-                        target.name()
-                    )))
+                    Err(forbidden("key", target))
+                } else if table.verifier.as_ref().is_some_and(|v| v.verify(credential, unix_now()).is_ok()) {
+                    // A valid token, of a token-auth target: the caller is known, not allowed here.
+                    Err(forbidden("token", target))
                 } else {
                     Err(GatewayError::Unauthorized("invalid key".into()))
                 }
@@ -284,19 +316,15 @@ impl Gateway {
                     .verifier
                     .as_ref()
                     .ok_or_else(|| GatewayError::Unauthorized("no token signing keys are published yet".into()))?;
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let claims = verifier
-                    .verify(credential, now)
-                    .map_err(|e| GatewayError::Unauthorized(format!("invalid token: {e}")))?;
-                if claims.aud == target.audience() {
-                    Ok(())
-                } else {
-                    Err(GatewayError::Forbidden(format!(
-                        "this token is not valid for {} '{}'",
-                        target.kind().as_str(),
-                        target.name()
-                    )))
-                }
+                let claims = match verifier.verify(credential, unix_now()) {
+                    Ok(claims) => claims,
+                    // A valid key, of a key-auth target: the caller is known, not allowed here.
+                    Err(_) if table.all_key_digests.contains(&KeyDigest::of(credential).to_hex()) => {
+                        return Err(forbidden("key", target));
+                    }
+                    Err(e) => return Err(GatewayError::Unauthorized(format!("invalid token: {e}"))),
+                };
+                if claims.aud == target.audience() { Ok(()) } else { Err(forbidden("token", target)) }
             }
         }
     }
@@ -411,6 +439,12 @@ mod tests {
         assert_eq!(upstream_path("v2/models/x", Some("m"), None), "/v2/models/m");
         let r = parse_route("/models/fraud/score").expect("route");
         assert_eq!((r.name, r.rest), ("fraud", "score"));
+        for probe in ["v2/health/live", "v2/health/ready", "v2/models/m/ready", "v2/models/m/versions/2/ready"] {
+            assert!(is_health_path(probe), "{probe}");
+        }
+        for other in ["v2/models/m/infer", "v2/models/m", "v2/models//ready", "v2/models/a/b/ready", "score"] {
+            assert!(!is_health_path(other), "{other}");
+        }
         // A replica's own metrics and unknown paths are not reachable through the gateway.
         assert!(parse_route("/services/s1/metrics").is_none());
         assert!(parse_route("/elsewhere").is_none());

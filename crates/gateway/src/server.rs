@@ -24,7 +24,8 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    sluice_http1::server::serve(listener, Arc::new(Front(gateway)), shutdown).await
+    let limits = gateway.settings.limits.clone();
+    sluice_http1::server::serve(listener, Arc::new(Front(gateway)), limits, shutdown).await
 }
 
 /// The gateway as an HTTP handler.
@@ -40,7 +41,11 @@ impl Handler for Front {
     }
 
     fn refused_head(&self, error: &WireError) {
-        let reason = if matches!(error, WireError::HeadTooLarge) { "headers_too_large" } else { "bad_request" };
+        let reason = match error {
+            WireError::HeadTooLarge => "headers_too_large",
+            e if e.is_timeout() => "request_timeout",
+            _ => "bad_request",
+        };
         self.0.metrics.refused(reason);
     }
 }
@@ -74,6 +79,7 @@ async fn exchange(gw: &Arc<Gateway>, c: &mut Connection, request: &Head, keep_al
                 WireError::BadChunk | WireError::Malformed(_) => {
                     GatewayError::BadRequest(format!("could not read the request body: {e}"))
                 }
+                e if e.is_timeout() => GatewayError::RequestTimeout(e.to_string()),
                 _ => return false,
             };
             let _ = respond(c, &refuse(e), to_head, false).await;
@@ -169,12 +175,10 @@ async fn respond(c: &mut Connection, reply: &Reply, to_head: bool, keep_alive: b
 // === impl Gateway ===
 
 impl Gateway {
-    /// The gateway's own routes: health and metrics.
+    /// The gateway's own routes: health (with the JSON bodies OIP clients read), server
+    /// metadata and metrics.
     fn local(&self, method: &str, path: &str) -> Option<Reply> {
-        let own = |status: u16, content_type, body: bytes::Bytes| {
-            Some(Reply::Own { status, content_type, extra: &[], version: None, body })
-        };
-        let known = matches!(path, "/v2/health/live" | "/v2/health/ready" | "/metrics");
+        let known = matches!(path, "/v2" | "/v2/health/live" | "/v2/health/ready" | "/metrics");
         if !known {
             return None;
         }
@@ -182,10 +186,31 @@ impl Gateway {
             let e = GatewayError::MethodNotAllowed(format!("{path} answers GET only, not {method}"));
             return Some(Reply::error(&e, None));
         }
+        let json = |status: u16, value: serde_json::Value| {
+            let body = serde_json::to_vec(&value).unwrap_or_default().into();
+            Some(Reply::Own { status, content_type: "application/json", extra: &[], version: None, body })
+        };
         match path {
-            "/v2/health/live" => own(200, "text/plain", bytes::Bytes::new()),
-            "/v2/health/ready" => own(if self.is_configured() { 200 } else { 503 }, "text/plain", bytes::Bytes::new()),
-            _ => own(200, "text/plain; version=0.0.4", self.metrics.render().into()),
+            "/v2" => json(
+                200,
+                serde_json::json!({
+                    "name": "sluice-gateway",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": ["binary_tensor_data"],
+                }),
+            ),
+            "/v2/health/live" => json(200, serde_json::json!({ "live": true })),
+            "/v2/health/ready" => {
+                let ready = self.is_configured();
+                json(if ready { 200 } else { 503 }, serde_json::json!({ "ready": ready }))
+            }
+            _ => Some(Reply::Own {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                extra: &[],
+                version: None,
+                body: self.metrics.render().into(),
+            }),
         }
     }
 }

@@ -46,6 +46,8 @@ fn replica_app() -> Router {
             }),
         )
         .route("/v2/models/m/empty", post(|| async { axum::http::StatusCode::NO_CONTENT }))
+        .route("/v2/health/ready", get(|| async { axum::Json(json!({ "ready": true, "from": "replica" })) }))
+        .route("/v2/models/m/ready", get(|| async { axum::Json(json!({ "ready": true, "from": "replica" })) }))
         // No length known in advance: hyper sends it chunked.
         .route(
             "/v2/models/m/chunked",
@@ -54,6 +56,24 @@ fn replica_app() -> Router {
                 Body::from_stream(futures_util::stream::iter(parts))
             }),
         )
+}
+
+/// The control plane's signing key in these tests.
+fn signer() -> &'static sluice_auth::TokenSigner {
+    static SIGNER: std::sync::OnceLock<sluice_auth::TokenSigner> = std::sync::OnceLock::new();
+    SIGNER.get_or_init(sluice_auth::TokenSigner::generate)
+}
+
+/// A token for `audience` signed by [`signer`].
+fn token(audience: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    signer().sign(&sluice_auth::Claims {
+        iss: "sluice-control".into(),
+        sub: "test".into(),
+        aud: audience.into(),
+        iat: now,
+        exp: now + 600,
+    })
 }
 
 /// A replica on `listener` until `stop` fires.
@@ -95,8 +115,10 @@ async fn start() -> Fixture {
         services: vec![
             route("open", AuthPolicy::None),
             route("locked", AuthPolicy::Keys { primary: digest, secondary: digest }),
+            route("tokened", AuthPolicy::Token),
         ],
-        ..GatewayConfig::default()
+        endpoints: Vec::new(),
+        jwks: sluice_auth::Jwks { keys: vec![signer().public_jwk()] },
     };
     gateway.apply(&config).expect("config");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
@@ -415,4 +437,63 @@ async fn a_response_that_broke_off_is_never_resent_but_no_response_is() {
     let r = client.post(url(gateway)).body("{}").send().await.expect("send");
     assert_eq!(r.status(), 502);
     assert_eq!(silent.load(Ordering::SeqCst), 2, "a request with no response is tried on the next replica");
+}
+
+#[tokio::test]
+async fn probes_need_no_credential_and_the_gateway_answers_oip_health_and_metadata() {
+    let f = start().await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://{}{path}", f.gateway)).send();
+    // The service's and its model's readiness through a locked service, without a key.
+    for path in ["/services/locked/v2/health/ready", "/services/locked/v2/models/m/ready"] {
+        let r = get(path).await.expect("send");
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.json::<Value>().await.expect("json")["from"], "replica", "{path}");
+    }
+    // Anything else still needs it.
+    assert_eq!(get("/services/locked/v2/models/m").await.expect("send").status(), 401);
+    // The gateway's own: JSON bodies, as OIP clients expect.
+    let live = get("/v2/health/live").await.expect("send");
+    assert_eq!(live.json::<Value>().await.expect("json"), json!({ "live": true }));
+    let ready = get("/v2/health/ready").await.expect("send");
+    assert_eq!(ready.json::<Value>().await.expect("json"), json!({ "ready": true }));
+    let meta = get("/v2").await.expect("send").json::<Value>().await.expect("json");
+    assert_eq!(meta["name"], "sluice-gateway");
+    assert!(meta["version"].is_string() && meta["extensions"].is_array(), "{meta}");
+    let r = client.post(format!("http://{}/v2/health/live", f.gateway)).send().await.expect("send");
+    assert_eq!(r.status(), 405);
+    assert!(r.json::<Value>().await.expect("json")["error"].is_string());
+}
+
+#[tokio::test]
+async fn a_valid_credential_of_another_target_is_403_whatever_its_type() {
+    let f = start().await;
+    let client = reqwest::Client::new();
+    let status = |service: &str, credential: String| {
+        client
+            .get(format!("http://{}/services/{service}/v2/models/m", f.gateway))
+            .bearer_auth(credential)
+            .send()
+    };
+    assert_eq!(status("tokened", token("service:tokened")).await.expect("send").status(), 200);
+    assert_eq!(status("locked", KEY.into()).await.expect("send").status(), 200);
+    // A token at a key-auth service, a key at a token-auth one, a token of another service.
+    assert_eq!(status("locked", token("service:tokened")).await.expect("send").status(), 403);
+    assert_eq!(status("tokened", KEY.into()).await.expect("send").status(), 403);
+    assert_eq!(status("tokened", token("service:elsewhere")).await.expect("send").status(), 403);
+    // Neither a key nor a token of anything.
+    assert_eq!(status("locked", "made-up".into()).await.expect("send").status(), 401);
+    assert_eq!(status("tokened", "made-up".into()).await.expect("send").status(), 401);
+}
+
+#[tokio::test]
+async fn a_request_with_two_authorization_headers_is_refused() {
+    let f = start().await;
+    let mut stream = TcpStream::connect(f.gateway).await.expect("connect");
+    let request = format!(
+        "GET /services/locked/v2/models/m HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\nauthorization: Bearer other\r\nconnection: close\r\n\r\n"
+    );
+    let answer = raw(&mut stream, request.as_bytes(), "}", 1).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("more than one Authorization header"), "{answer}");
 }

@@ -14,11 +14,13 @@
 //! [`server`] runs the keep-alive connection loop that the gateway and the scoring server share.
 
 mod date;
+mod limits;
 pub mod poll;
 pub mod server;
 pub mod stream;
 
 pub use date::push_date;
+pub use limits::Limits;
 
 use std::ops::Range;
 
@@ -52,6 +54,14 @@ pub enum Error {
     BadChunk,
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the peer was too slow: a head past its header-read timeout, or a body below its
+    /// least rate (see [`Limits`]). A server answers 408.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut)
+    }
 }
 
 /// How a message's body is delimited.

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 
+use crate::limits::Paced;
 use crate::stream::{Listener, Stream};
-use crate::{Error, Framing, Head};
+use crate::{Error, Framing, Head, Limits};
 
 /// Bytes of pipelined requests buffered while the current one is handled; past that the peer's
 /// socket is not read until the answer is written.
@@ -49,6 +51,7 @@ pub struct Connection {
     buf: BytesMut,
     /// The answer's head, built by the handler and written by [`Connection::send`].
     pub head: Vec<u8>,
+    limits: Arc<Limits>,
 }
 
 impl Connection {
@@ -65,7 +68,8 @@ impl Connection {
         if request.expect_continue && self.buf.is_empty() {
             self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
-        crate::read_body(&mut self.stream, &mut self.buf, request.framing, limit).await
+        let mut paced = Paced::new(&mut self.stream, self.limits.body_read_timeout, self.limits.min_body_rate);
+        crate::read_body(&mut paced, &mut self.buf, request.framing, limit).await
     }
 
     /// Reads and drops the body of a request answered without it, so the connection can carry
@@ -75,7 +79,10 @@ impl Connection {
         match request.framing {
             Framing::Empty => true,
             _ if request.expect_continue && self.buf.is_empty() => false,
-            framing => crate::read_body(&mut self.stream, &mut self.buf, framing, limit).await.is_ok(),
+            framing => {
+                let mut paced = Paced::new(&mut self.stream, self.limits.body_read_timeout, self.limits.min_body_rate);
+                crate::read_body(&mut paced, &mut self.buf, framing, limit).await.is_ok()
+            }
         }
     }
 
@@ -109,26 +116,37 @@ impl Connection {
     }
 }
 
-/// Serves `handler` on `listener` until `shutdown` resolves; requests in flight are answered
-/// first, and idle connections are closed.
+/// Serves `handler` on `listener` within `limits` until `shutdown` resolves; requests in flight
+/// are answered first, and idle connections are closed.
 pub async fn serve<H: Handler>(
     listener: impl Into<Listener>,
     handler: Arc<H>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = listener.into();
+    let limits = Arc::new(limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a sender; `recv` returns `None` once all have ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    // One permit per open connection: at the cap the loop stops accepting, so new connections
+    // wait in the kernel's backlog while the open ones are served.
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let pacer = tokio::spawn(pace_timers());
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed; this is a bug"),
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
-                    tokio::spawn(connection(stream, handler.clone(), stop_rx.clone(), alive_tx.clone()));
+                    let alive = (alive_tx.clone(), slot);
+                    tokio::spawn(connection(stream, handler.clone(), limits.clone(), stop_rx.clone(), alive));
                 }
                 // Out of file descriptors, say: back off instead of spinning on the error.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -160,36 +178,45 @@ async fn pace_timers() {
 async fn connection<H: Handler>(
     stream: Stream,
     handler: Arc<H>,
+    limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
+    _alive: (mpsc::Sender<()>, OwnedSemaphorePermit),
 ) {
-    let mut c = Connection { stream, buf: BytesMut::with_capacity(8 * 1024), head: Vec::with_capacity(1024) };
+    let (header_timeout, idle_timeout) = (limits.header_read_timeout, limits.idle_timeout);
+    let mut c = Connection { stream, buf: BytesMut::with_capacity(8 * 1024), head: Vec::with_capacity(1024), limits };
     let idle_poll = handler.idle_poll();
     let polling = !idle_poll.is_zero();
+    // A new connection's first head is due within the header timeout of the accept.
+    let mut head_due = Some(Instant::now() + header_timeout);
     loop {
-        // Between requests, a shutdown closes the connection.
+        // Between requests, a shutdown closes the connection, and so does the idle timeout (or,
+        // before the first request, the header timeout: a caller that says nothing).
         if c.buf.is_empty() {
             crate::poll::until_readable(&c.stream, idle_poll, 0).await;
+            let quiet_until = head_due.unwrap_or_else(|| Instant::now() + idle_timeout);
             tokio::select! {
                 biased;
                 more = c.read_more() => if !more { return },
                 _ = stop.wait_for(|stopped| *stopped) => return,
+                () = tokio::time::sleep_until(quiet_until) => return,
             }
         }
-        let request = match crate::read_head(&mut c.stream, &mut c.buf, crate::parse_request).await {
-            Ok(request) => request,
-            Err(Error::Closed | Error::Incomplete | Error::Io(_)) => return,
-            Err(e) => {
+        // From its first byte, the rest of a head is due within the header timeout.
+        let due = head_due.take().unwrap_or_else(|| Instant::now() + header_timeout);
+        let read = crate::read_head(&mut c.stream, &mut c.buf, crate::parse_request);
+        let request = match tokio::time::timeout_at(due, read).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(Error::Closed | Error::Incomplete | Error::Io(_))) => return,
+            Ok(Err(e)) => {
                 handler.refused_head(&e);
                 let status = if matches!(e, Error::HeadTooLarge) { 431 } else { 400 };
-                c.head.clear();
-                let body = error_body(&e.to_string());
-                crate::push_status_line(&mut c.head, status);
-                crate::push_header(&mut c.head, "content-type", b"application/json");
-                crate::push_content_length(&mut c.head, body.len());
-                c.head.extend_from_slice(b"connection: close\r\n\r\n");
-                let _ = c.send(&body).await;
-                let _ = c.stream.shutdown().await;
+                refuse(&mut c, status, &e.to_string()).await;
+                return;
+            }
+            Err(_) => {
+                let message = format!("the request head did not arrive within {} ms", header_timeout.as_millis());
+                handler.refused_head(&Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message.clone())));
+                refuse(&mut c, 408, &message).await;
                 return;
             }
         };
@@ -204,6 +231,18 @@ async fn connection<H: Handler>(
             return;
         }
     }
+}
+
+/// Answers `status` with a JSON error and closes: for a head that cannot be served.
+async fn refuse(c: &mut Connection, status: u16, message: &str) {
+    c.head.clear();
+    let body = error_body(message);
+    crate::push_status_line(&mut c.head, status);
+    crate::push_header(&mut c.head, "content-type", b"application/json");
+    crate::push_content_length(&mut c.head, body.len());
+    c.head.extend_from_slice(b"connection: close\r\n\r\n");
+    let _ = c.send(&body).await;
+    let _ = c.stream.shutdown().await;
 }
 
 /// `{"error": message}`, the JSON error body of every Sluice server.

@@ -19,6 +19,9 @@ pub enum ApiError {
     UnknownVersion { name: String, version: String, serving: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The caller sent its body too slowly (see `sluice_http1::Limits`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Overloaded(String),
     #[error("{0}")]
@@ -43,6 +46,7 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -56,6 +60,7 @@ impl ApiError {
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::UnknownModel { .. }
             | ApiError::UnknownVersion { .. } => ErrorKind::BadRequest,
             ApiError::Overloaded(_) | ApiError::NotReady(_) => ErrorKind::Overloaded,

@@ -30,13 +30,14 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let limits = state.config.limits.clone();
     let on_unix = async {
         match unix {
-            Some(l) => sluice_http1::server::serve(l, front.clone(), stopped(stop_rx.clone())).await,
+            Some(l) => sluice_http1::server::serve(l, front.clone(), limits.clone(), stopped(stop_rx.clone())).await,
             None => Ok(()),
         }
     };
-    let on_tcp = sluice_http1::server::serve(listener, front.clone(), stopped(stop_rx.clone()));
+    let on_tcp = sluice_http1::server::serve(listener, front.clone(), limits.clone(), stopped(stop_rx.clone()));
     let signal = async move {
         shutdown.await;
         state.ready.store(false, Ordering::Release);
@@ -56,6 +57,7 @@ impl Handler for Front {
         let to_head = request.method() == "HEAD";
         let body = c.read_body(request, limit).await.map_err(|e| match e {
             sluice_http1::Error::BodyTooLarge { limit } => ApiError::PayloadTooLarge { limit },
+            e if e.is_timeout() => ApiError::RequestTimeout(e.to_string()),
             e => ApiError::bad_request(format!("cannot read the request body: {e}")),
         });
         // A body that could not be read leaves the connection at an unknown point: close it.

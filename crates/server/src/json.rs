@@ -125,7 +125,13 @@ fn fast_decimal_prefix(bytes: &[u8]) -> Option<(f64, usize)> {
             return None;
         }
     }
-    let exact = int_digits > 0 && int_digits + fraction_digits <= 19 && mantissa <= 1 << 53 && fraction_digits <= 22;
+    // JSON allows no leading zeros ("01"): such text is left to `parse`, which refuses it.
+    let leading_zero = int_digits > 1 && bytes.get(usize::from(negative)) == Some(&b'0');
+    let exact = int_digits > 0
+        && !leading_zero
+        && int_digits + fraction_digits <= 19
+        && mantissa <= 1 << 53
+        && fraction_digits <= 22;
     if !exact || !bytes.get(i).is_none_or(|&b| ends_token(b)) {
         return None;
     }
@@ -133,16 +139,50 @@ fn fast_decimal_prefix(bytes: &[u8]) -> Option<(f64, usize)> {
     Some((if negative { -value } else { value }, i))
 }
 
+/// Whether `token` is a number in JSON's grammar (RFC 8259, 6):
+/// `-? (0 | [1-9][0-9]*) (\.[0-9]+)? ([eE][+-]?[0-9]+)?`.
+fn is_json_number(token: &[u8]) -> bool {
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while token.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - start
+    };
+    let mut i = usize::from(token.first() == Some(&b'-'));
+    let int_start = i;
+    let int_digits = digits(&mut i);
+    if int_digits == 0 || (int_digits > 1 && token[int_start] == b'0') {
+        return false;
+    }
+    if token.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(token.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(token.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == token.len()
+}
+
 impl Scalar for f64 {
     fn parse(token: &str) -> Option<Self> {
-        // JSON numbers start with a digit or '-' and a digit; this also refuses Rust-only forms
-        // such as "inf", "-inf", "NaN" or "+1".
+        // Only JSON's number grammar: Rust's parser also takes "inf", "NaN", "+1", "01" and "1.".
         let b = token.as_bytes();
-        let digit_at = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
-        if !(digit_at(0) || (b.first() == Some(&b'-') && digit_at(1))) {
+        if !is_json_number(b) {
             return None;
         }
-        fast_decimal_prefix(b).filter(|&(_, len)| len == b.len()).map(|(v, _)| v).or_else(|| token.parse().ok())
+        // A number past f64's range parses to infinity: out of range, not a value.
+        let value = fast_decimal_prefix(b).filter(|&(_, len)| len == b.len()).map(|(v, _)| v);
+        value.or_else(|| token.parse().ok()).filter(|v: &f64| v.is_finite())
     }
 
     #[inline(always)]
@@ -157,12 +197,13 @@ impl Scalar for f64 {
 impl Scalar for f32 {
     fn parse(token: &str) -> Option<Self> {
         // Through f64, as serde_json and NumPy's float32(float(text)) do.
-        <f64 as Scalar>::parse(token).map(|v| v as f32)
+        // A finite f64 beyond f32's range (1e39) rounds to infinity: refused, not served as inf.
+        <f64 as Scalar>::parse(token).map(|v| v as f32).filter(|v| v.is_finite())
     }
 
     #[inline(always)]
     fn parse_prefix(rest: &[u8]) -> Option<(Self, usize)> {
-        <f64 as Scalar>::parse_prefix(rest).map(|(v, len)| (v as f32, len))
+        <f64 as Scalar>::parse_prefix(rest).map(|(v, len)| (v as f32, len)).filter(|(v, _)| v.is_finite())
     }
 }
 
@@ -170,8 +211,9 @@ macro_rules! int_scalar {
     ($($t:ty),*) => {$(
         impl Scalar for $t {
             fn parse(token: &str) -> Option<Self> {
-                // `parse` refuses fractions, exponents and values out of the type's range.
-                if token.starts_with('+') { None } else { token.parse().ok() }
+                // JSON's grammar first (Rust's parser takes "+1" and "01"); then `parse` refuses
+                // fractions, exponents and values out of the type's range.
+                if is_json_number(token.as_bytes()) { token.parse().ok() } else { None }
             }
         }
     )*};
@@ -190,11 +232,12 @@ impl Scalar for bool {
 
 impl Scalar for f16 {
     fn parse(token: &str) -> Option<Self> {
-        <f32 as Scalar>::parse(token).map(f16::from_f32)
+        // 70000 is past FP16's largest value (65504) and would round to infinity.
+        <f32 as Scalar>::parse(token).map(f16::from_f32).filter(|v| v.is_finite())
     }
 
     fn parse_prefix(rest: &[u8]) -> Option<(Self, usize)> {
-        <f32 as Scalar>::parse_prefix(rest).map(|(v, len)| (f16::from_f32(v), len))
+        <f32 as Scalar>::parse_prefix(rest).map(|(v, len)| (f16::from_f32(v), len)).filter(|(v, _)| v.is_finite())
     }
 }
 
@@ -285,7 +328,7 @@ impl<T: Scalar> Scanner<'_, '_, T> {
         let rest = &self.src.as_bytes()[self.pos..];
         let Some((v, len)) = T::parse_prefix(rest) else {
             let token = String::from_utf8_lossy(&rest[..token_len(rest)]);
-            return self.fail(format!("{token} is not a valid {} value", self.dtype));
+            return self.fail(format!("{token} is not a valid {} value (or is out of its range)", self.dtype));
         };
         self.pos += len;
         self.out.push(v);
@@ -490,7 +533,6 @@ mod tests {
             "12345678901234567890",
             "0.45747238",
             "-1234.5678",
-            "00.5",
         ];
         for s in samples {
             let want: f64 = s.parse().expect("valid");
@@ -503,11 +545,48 @@ mod tests {
                 assert_eq!((got.to_bits(), len), (want.to_bits(), s.len()), "{s}{sep}");
             }
         }
-        for bad in ["", "-", ".", "1.2.3", "1-2", "+1", "inf", "-inf", "NaN", "1,0", "-.5", "1.5x"] {
+        for bad in ["", "-", ".", "1.2.3", "1-2", "+1", "inf", "-inf", "NaN", "1,0", "-.5", "1.5x", "00.5", "1."] {
             assert!(<f64 as Scalar>::parse(bad).is_none(), "{bad}");
         }
         for bad in ["", "-", ".", "1.2.3", "1-2", "+1", "inf", "-inf", "NaN", "-.5", "1.5x", "1e"] {
             assert!(<f64 as Scalar>::parse_prefix(bad.as_bytes()).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_a_float_type_are_refused_not_infinite() {
+        for (text, dtype) in [
+            ("[1e39]", DataType::F32),
+            ("[-3.5e38]", DataType::F32),
+            ("[70000]", DataType::F16),
+            ("[1e309]", DataType::F64),
+        ] {
+            let err = decode_data(&raw(text), dtype, None).expect_err(text).to_string();
+            assert!(err.contains("out of its range"), "{text}: {err}");
+        }
+        assert_eq!(decode_data(&raw("[65504]"), DataType::F16, None).expect("largest FP16").len(), 1);
+        assert_eq!(decode_data(&raw("[3.4e38]"), DataType::F32, None).expect("near the FP32 limit").len(), 1);
+    }
+
+    #[test]
+    fn only_json_numbers_are_read() {
+        // Found by the oip_request fuzz target: "0255" was read as 255, though JSON has no
+        // leading zeros; Rust's parsers also take "1." and "1.e5".
+        for dtype in [DataType::U8, DataType::I32, DataType::F16, DataType::F32, DataType::F64] {
+            for bad in ["[0255]", "[-01]", "[00]", "[1.]", "[1.e5]", "[00.5]", "[+1]", "[.5]", "[1e]", "[1e+]"] {
+                // Not through `raw`: serde_json's RawValue would refuse these before the decoder.
+                let err = decode_at(bad, 0, dtype, None, None).expect_err(bad).to_string();
+                assert!(err.contains("is not a valid"), "{bad} as {dtype}: {err}");
+            }
+            for good in ["[0]", "[10]", "[2,100]"] {
+                assert!(decode_data(&raw(good), dtype, None).is_ok(), "{good} as {dtype}");
+            }
+        }
+        for good in ["[0.5]", "[-0.25]", "[1e2]", "[1E+2]", "[10.0e-1]", "[100.125]"] {
+            assert!(decode_data(&raw(good), DataType::F64, None).is_ok(), "{good}");
+        }
+        for (text, want) in [("0", true), ("-0.0e0", true), ("01", false), ("-", false), ("1.5.", false)] {
+            assert_eq!(is_json_number(text.as_bytes()), want, "{text}");
         }
     }
 

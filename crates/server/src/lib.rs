@@ -34,11 +34,13 @@ pub use v2::HEADER_LENGTH;
 pub struct ServerConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Timeouts and the connection cap every caller is held to.
+    pub limits: sluice_http1::Limits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_body_bytes: 64 * 1024 * 1024 }
+        ServerConfig { max_body_bytes: 64 * 1024 * 1024, limits: sluice_http1::Limits::default() }
     }
 }
 

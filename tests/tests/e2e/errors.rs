@@ -85,7 +85,7 @@ async fn bad_requests_get_400_naming_the_problem() {
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
     let model = load("mlp-small", "1", &model_path("mlp-small"), test_config());
-    let server = TestServer::start(vec![model], ServerConfig { max_body_bytes: 1024 }).await;
+    let server = TestServer::start(vec![model], ServerConfig { max_body_bytes: 1024, ..ServerConfig::default() }).await;
     let big = input(json!([8, 64]), "FP32", json!(vec![0.123_456_f32; 8 * 64]));
     for path in ["/v2/models/mlp-small/infer", "/score"] {
         let (status, err) = server.post_json(path, &big).await;
