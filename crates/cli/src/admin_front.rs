@@ -50,8 +50,11 @@ impl Handler for Admin {
             // A body that could not be read leaves the connection at an unknown point: answer
             // and close it.
             Err(e) => {
-                let (status, message) =
-                    if e.is_timeout() { (408, e.to_string()) } else { (400, format!("cannot read the request body: {e}")) };
+                let (status, message) = if e.is_timeout() {
+                    (408, e.to_string())
+                } else {
+                    (400, format!("cannot read the request body: {e}"))
+                };
                 let _ = write(c, error(status, &message), false).await;
                 return false;
             }
@@ -63,9 +66,7 @@ impl Handler for Admin {
 fn error(status: u16, message: &str) -> axum::response::Response {
     let mut response = axum::response::Response::new(axum::body::Body::from(sluice_http1::server::error_body(message)));
     *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
@@ -80,7 +81,10 @@ async fn write(c: &mut Connection, response: axum::response::Response, keep_aliv
     sluice_http1::push_status_line(out, parts.status.as_u16());
     sluice_http1::push_date(out);
     for (name, value) in &parts.headers {
-        if name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING && name != http::header::CONNECTION {
+        if name != http::header::CONTENT_LENGTH
+            && name != http::header::TRANSFER_ENCODING
+            && name != http::header::CONNECTION
+        {
             sluice_http1::push_header(out, name.as_str(), value.as_bytes());
         }
     }

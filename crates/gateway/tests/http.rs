@@ -470,10 +470,7 @@ async fn a_valid_credential_of_another_target_is_403_whatever_its_type() {
     let f = start().await;
     let client = reqwest::Client::new();
     let status = |service: &str, credential: String| {
-        client
-            .get(format!("http://{}/services/{service}/v2/models/m", f.gateway))
-            .bearer_auth(credential)
-            .send()
+        client.get(format!("http://{}/services/{service}/v2/models/m", f.gateway)).bearer_auth(credential).send()
     };
     assert_eq!(status("tokened", token("service:tokened")).await.expect("send").status(), 200);
     assert_eq!(status("locked", KEY.into()).await.expect("send").status(), 200);
