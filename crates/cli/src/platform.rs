@@ -65,6 +65,10 @@ pub struct GatewayArgs {
     /// per wait; under load the threads are never idle and it costs nothing. 0 turns it off.
     #[arg(long, env = "SLUICE_GATEWAY_BUSY_POLL_US", default_value_t = sluice_gateway::DEFAULT_BUSY_POLL_MICROS)]
     pub busy_poll_us: u64,
+    /// Milliseconds a pooled connection to a replica may stay idle before the gateway closes it
+    /// (keep it below the replicas' --idle-timeout-ms, so the gateway closes first).
+    #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub upstream_idle_timeout_ms: u64,
 }
 
 impl GatewayArgs {
@@ -79,8 +83,14 @@ impl GatewayArgs {
 
     fn settings(&self, limits: sluice_http1::Limits) -> anyhow::Result<GatewaySettings> {
         let algorithm = self.jwt_algorithm.parse().map_err(|e| anyhow::anyhow!("--jwt-algorithm: {e}"))?;
-        if self.gateway_max_body_bytes == 0 || self.upstream_timeout_ms == 0 || self.shadow_timeout_ms == 0 {
-            bail!("--gateway-max-body-bytes, --upstream-timeout-ms and --shadow-timeout-ms must be greater than 0");
+        if self.gateway_max_body_bytes == 0
+            || self.upstream_timeout_ms == 0
+            || self.shadow_timeout_ms == 0
+            || self.upstream_idle_timeout_ms == 0
+        {
+            bail!(
+                "--gateway-max-body-bytes, --upstream-timeout-ms, --shadow-timeout-ms and --upstream-idle-timeout-ms must be greater than 0"
+            );
         }
         Ok(GatewaySettings {
             algorithm,
@@ -91,6 +101,7 @@ impl GatewayArgs {
             max_shadow_in_flight: self.max_shadow_in_flight,
             busy_poll: Duration::from_micros(self.busy_poll_us),
             limits,
+            upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
         })
     }
 }

@@ -25,7 +25,7 @@ use sluice_auth::Algorithm;
 pub use metrics::GatewayMetrics;
 pub use server::serve;
 pub use sluice_routing::{GatewayConfig, random_seed};
-pub use table::ConfigError;
+pub use table::{CONSECUTIVE_ERRORS, ConfigError};
 use table::{ReplicaSet, RouteTable};
 
 /// Gateway settings fixed at start.
@@ -50,6 +50,9 @@ pub struct GatewaySettings {
     pub busy_poll: Duration,
     /// Timeouts and the connection cap every caller is held to.
     pub limits: sluice_http1::Limits,
+    /// How long a pooled connection to a replica may stay idle before the gateway closes it;
+    /// shorter than the replicas' own idle timeout, so the gateway closes first.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -63,6 +66,7 @@ impl Default for GatewaySettings {
             max_shadow_in_flight: 64,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
             limits: sluice_http1::Limits::default(),
+            upstream_idle_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -355,19 +355,28 @@ impl Gateway {
             let sent = crate::upstream::send(&replica.addr, &head, &out.body, to_head, MAX_RESPONSE_BYTES, poll);
             match tokio::time::timeout(self.settings.upstream_timeout, sent).await {
                 Err(_) => {
+                    if replica.errored(millis_since(self.clock)) {
+                        self.ejected(service, replica, "did not answer in time");
+                    }
                     return Err(GatewayError::UpstreamTimeout {
                         service: service.name.clone(),
                         timeout_ms: u64::try_from(self.settings.upstream_timeout.as_millis()).unwrap_or(u64::MAX),
                     });
                 }
                 Ok(Ok(answer)) => {
-                    replica.succeeded();
+                    match answer.head.status {
+                        500 | 502 | 504 => {
+                            if replica.errored(millis_since(self.clock)) {
+                                self.ejected(service, replica, "answered with errors in a row");
+                            }
+                        }
+                        _ => replica.succeeded(),
+                    }
                     return Ok(answer);
                 }
                 Ok(Err(e)) => {
-                    if replica.failed(now) {
-                        self.metrics.ejections.inc();
-                        tracing::warn!(service = %service.name, replica = %replica.addr, error = %e, "replica failed; ejected for a while");
+                    if replica.unreachable(now) {
+                        self.ejected(service, replica, &e.to_string());
                     }
                     // A response that started and broke off is the caller's answer: never resent.
                     if !e.is_retryable() {
@@ -380,6 +389,12 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Counts and logs a replica's ejection.
+    fn ejected(&self, service: &ServiceTarget, replica: &crate::table::Replica, why: &str) {
+        self.metrics.ejections.inc();
+        tracing::warn!(service = %service.name, replica = %replica.addr, reason = why, "replica ejected for a while");
     }
 
     /// Copies the request to a shadow in the background. Its answer is measured and dropped; when

@@ -25,7 +25,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = gateway.settings.limits.clone();
-    sluice_http1::server::serve(listener, Arc::new(Front(gateway)), limits, shutdown).await
+    // This thread's upstream pool is swept by a task on this thread.
+    let sweeper = {
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            crate::upstream::sweep(gw.settings.upstream_idle_timeout, |addr| gw.replicas.contains(addr)).await;
+        })
+    };
+    let served = sluice_http1::server::serve(listener, Arc::new(Front(gateway)), limits, shutdown).await;
+    sweeper.abort();
+    served
 }
 
 /// The gateway as an HTTP handler.

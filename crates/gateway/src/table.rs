@@ -13,42 +13,71 @@ use sluice_auth::{Algorithm, TokenVerifier};
 use crate::metrics::{GatewayMetrics, RouteStats};
 use sluice_routing::{AuthPolicy, GatewayConfig, Role, Split, TargetKind, token_audience};
 
-/// First ejection of a failing replica; doubles with each further failure, up to the maximum.
+/// First ejection of a failing replica; doubles with each further ejection in a row, up to the
+/// maximum (Envoy's outlier detection does the same with its base ejection time).
 const EJECT_BASE: Duration = Duration::from_millis(500);
 const EJECT_MAX: Duration = Duration::from_secs(30);
+/// Error answers (500, 502, 504) and timeouts in a row that eject a replica that still accepts
+/// connections: one is no proof of a sick replica, five in a row are (Envoy's `consecutive_5xx`).
+pub const CONSECUTIVE_ERRORS: u32 = 5;
 
 /// One scoring replica. Shared across tables by address, so its failure history survives reloads.
 #[derive(Debug)]
 pub struct Replica {
     /// `host:port`; shared with the upstream pool, which keys idle connections by it.
     pub addr: Arc<str>,
-    consecutive_failures: AtomicU32,
+    /// Error answers and timeouts since the last good answer.
+    consecutive_errors: AtomicU32,
+    /// Ejections since the last good answer; each doubles the next pause.
+    ejections: AtomicU32,
     /// Milliseconds since the gateway's clock origin before which the replica is skipped.
     ejected_until_ms: AtomicU64,
 }
 
 impl Replica {
     fn new(addr: Arc<str>) -> Self {
-        Replica { addr, consecutive_failures: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) }
+        Replica {
+            addr,
+            consecutive_errors: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
     }
 
     fn ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
-    /// A connection to the replica failed: skip it for a while, longer each time in a row.
+    /// The replica could not be reached, or sent no response: skip it for a while at once.
     /// Returns whether this started a new ejection.
-    pub fn failed(&self, now_ms: u64) -> bool {
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed).min(6);
+    pub fn unreachable(&self, now_ms: u64) -> bool {
+        self.eject(now_ms)
+    }
+
+    /// The replica answered 500, 502 or 504, or did not answer in time: ejected once that has
+    /// happened [`CONSECUTIVE_ERRORS`] times in a row. A 503 is not counted: it is a replica
+    /// shedding load with `Retry-After`, and ejecting it would push its load onto the others.
+    /// Returns whether this started a new ejection.
+    pub fn errored(&self, now_ms: u64) -> bool {
+        if self.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1 < CONSECUTIVE_ERRORS {
+            return false;
+        }
+        self.consecutive_errors.store(0, Ordering::Relaxed);
+        self.eject(now_ms)
+    }
+
+    fn eject(&self, now_ms: u64) -> bool {
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(6);
         let pause = (EJECT_BASE * 2u32.pow(n)).min(EJECT_MAX);
         let until = now_ms + pause.as_millis() as u64;
         self.ejected_until_ms.fetch_max(until, Ordering::Relaxed) <= now_ms
     }
 
-    /// The replica answered: back in full rotation.
+    /// The replica answered well: back in full rotation.
     pub fn succeeded(&self) {
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.consecutive_errors.load(Ordering::Relaxed) != 0 || self.ejections.load(Ordering::Relaxed) != 0 {
+            self.consecutive_errors.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
             self.ejected_until_ms.store(0, Ordering::Relaxed);
         }
     }
@@ -70,6 +99,11 @@ impl ReplicaSet {
     fn retain(&self, live: &HashSet<&str>) {
         let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|addr, _| live.contains(addr.as_str()));
+    }
+
+    /// Whether a configuration names the replica at `addr`.
+    pub fn contains(&self, addr: &str) -> bool {
+        self.by_addr.lock().unwrap_or_else(PoisonError::into_inner).contains_key(addr)
     }
 }
 

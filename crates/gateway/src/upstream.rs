@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_http1::stream::Stream;
@@ -23,6 +23,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 struct Connection {
     stream: Stream,
     buf: BytesMut,
+    /// When it last went back to the pool.
+    idle_since: Instant,
 }
 
 thread_local! {
@@ -33,7 +35,8 @@ fn take_idle(addr: &str) -> Option<Connection> {
     IDLE.with(|idle| idle.borrow_mut().get_mut(addr).and_then(Vec::pop))
 }
 
-fn give_back(addr: &Arc<str>, connection: Connection) {
+fn give_back(addr: &Arc<str>, mut connection: Connection) {
+    connection.idle_since = Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         // Looked up by reference: once a replica has a list, returning a connection allocates
@@ -53,7 +56,31 @@ async fn connect(addr: &str) -> Result<Connection, UpstreamError> {
         .await
         .map_err(|_| UpstreamError::ConnectTimeout { replica: addr.to_owned() })?
         .map_err(|source| UpstreamError::Connect { replica: addr.to_owned(), source })?;
-    Ok(Connection { stream, buf: BytesMut::with_capacity(8 * 1024) })
+    Ok(Connection { stream, buf: BytesMut::with_capacity(8 * 1024), idle_since: Instant::now() })
+}
+
+/// Closes, every so often, this thread's idle connections that waited longer than `idle_timeout`
+/// and those to replicas no configuration names any more (`is_live` says which are named), so a
+/// removed replica's connections do not stay open for good and a long-quiet one is not reused
+/// just as the replica closes it. Runs for as long as it is polled, on the thread whose pool it
+/// sweeps.
+pub async fn sweep(idle_timeout: Duration, is_live: impl Fn(&str) -> bool) {
+    let period = (idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        IDLE.with(|idle| {
+            idle.borrow_mut().retain(|addr, connections| {
+                if is_live(addr) {
+                    connections.retain(|c| c.idle_since.elapsed() < idle_timeout);
+                } else {
+                    connections.clear();
+                }
+                !connections.is_empty()
+            });
+        });
+    }
 }
 
 /// A replica's whole answer.

@@ -494,3 +494,124 @@ async fn a_request_with_two_authorization_headers_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("more than one Authorization header"), "{answer}");
 }
+
+/// What a [`keep_alive_replica`] saw.
+#[derive(Default)]
+struct Seen {
+    requests: std::sync::atomic::AtomicUsize,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// A keep-alive replica that answers every request with `status` and counts requests and open
+/// connections (a connection counts as closed once the gateway closes it).
+async fn keep_alive_replica(status: u16) -> (String, std::sync::Arc<Seen>) {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = std::sync::Arc::new(Seen::default());
+    let counters = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = counters.clone();
+            seen.open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                    // Requests here have no body: each head is one request.
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        seen.requests.fetch_add(1, Ordering::SeqCst);
+                        let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                seen.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A gateway (with `settings`) in front of one open service `s` on `replicas`.
+async fn gateway_with(settings: GatewaySettings, replicas: Vec<String>) -> (SocketAddr, std::sync::Arc<Gateway>) {
+    let gateway = Gateway::new(settings);
+    gateway.apply(&one_service(1, replicas)).expect("config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(sluice_gateway::serve(listener, gateway.clone(), std::future::pending()));
+    (addr, gateway)
+}
+
+fn one_service(generation: u64, replicas: Vec<String>) -> GatewayConfig {
+    let service = ServiceRoute { name: "s".into(), models: vec!["m".into()], replicas, auth: AuthPolicy::None };
+    GatewayConfig { generation, services: vec![service], ..GatewayConfig::default() }
+}
+
+/// Waits up to 10 s for `check`.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn replicas_answering_errors_in_a_row_are_ejected_but_shedding_ones_are_not() {
+    use std::sync::atomic::Ordering;
+    let client = reqwest::Client::new();
+    let (sick, sick_seen) = keep_alive_replica(500).await;
+    let (well, _) = keep_alive_replica(200).await;
+    let (gateway, gw) = gateway_with(GatewaySettings { seed: 7, ..GatewaySettings::default() }, vec![sick, well]).await;
+    let url = format!("http://{gateway}/services/s/v2/models/m");
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(client.get(&url).send().await.expect("send").status().as_u16());
+    }
+    // Round robin sends it every other request until five 500s in a row eject it.
+    assert_eq!(sick_seen.requests.load(Ordering::SeqCst), sluice_gateway::CONSECUTIVE_ERRORS as usize, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 500).count(), 5, "answers are never resent: {statuses:?}");
+    assert!(gw.metrics.render().contains("sluice_gateway_replica_ejections_total 1"));
+
+    // A replica shedding load (503) keeps its share.
+    let (shedding, shedding_seen) = keep_alive_replica(503).await;
+    let (well, _) = keep_alive_replica(200).await;
+    let (gateway, _) =
+        gateway_with(GatewaySettings { seed: 7, ..GatewaySettings::default() }, vec![shedding, well]).await;
+    let url = format!("http://{gateway}/services/s/v2/models/m");
+    for _ in 0..20 {
+        client.get(&url).send().await.expect("send");
+    }
+    assert_eq!(shedding_seen.requests.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn pooled_connections_close_when_idle_and_when_their_replica_is_removed() {
+    use std::sync::atomic::Ordering;
+    let client = reqwest::Client::new();
+    let (replica, seen) = keep_alive_replica(200).await;
+    let settings = GatewaySettings { upstream_idle_timeout: Duration::from_millis(300), ..GatewaySettings::default() };
+    let (gateway, _) = gateway_with(settings, vec![replica]).await;
+    let url = format!("http://{gateway}/services/s/v2/models/m");
+    assert_eq!(client.get(&url).send().await.expect("send").status(), 200);
+    assert_eq!(seen.open.load(Ordering::SeqCst), 1, "the connection is pooled");
+    eventually("the idle connection is closed", || seen.open.load(Ordering::SeqCst) == 0).await;
+
+    // With a long idle timeout, removing the replica from the configuration closes its connections.
+    let (old, old_seen) = keep_alive_replica(200).await;
+    let (new, _) = keep_alive_replica(200).await;
+    let (gateway, gw) = gateway_with(GatewaySettings::default(), vec![old]).await;
+    let url = format!("http://{gateway}/services/s/v2/models/m");
+    assert_eq!(client.get(&url).send().await.expect("send").status(), 200);
+    assert_eq!(old_seen.open.load(Ordering::SeqCst), 1);
+    gw.apply(&one_service(2, vec![new])).expect("config");
+    eventually("the removed replica's connection is closed", || old_seen.open.load(Ordering::SeqCst) == 0).await;
+    assert_eq!(client.get(&url).send().await.expect("send").status(), 200);
+}
