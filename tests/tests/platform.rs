@@ -807,3 +807,144 @@ async fn a_plugin_model_deploys_as_a_service() {
         assert!((g.as_f64().expect("f64") - w).abs() < 0.05, "{body} vs {want:?}");
     }
 }
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib / 1024
+}
+
+/// Sends raw `request` bytes and reads the answer until the peer closes (or 30 s pass); the status
+/// code, or 0 when the connection was cut without one.
+async fn raw_status(addr: &str, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else { return 0 };
+    let (mut rd, mut wr) = stream.into_split();
+    let request = request.to_vec();
+    // Written while the answer is read: a refused upload must not block the test.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&request).await;
+        wr
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut got)).await;
+    writer.abort();
+    std::str::from_utf8(got.get(9..12).unwrap_or_default()).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The 85 requests a hostile caller might send: oversized (a 50 MB body among them), malformed,
+/// deeply nested, lying about their lengths or shapes.
+fn hostile_requests(path: &str, key: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let head = |length: usize, extra: &str| {
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {length}\r\n{extra}connection: close\r\n\r\n")
+            .into_bytes()
+    };
+    let with_body = |body: &[u8], extra: &str| {
+        let mut r = head(body.len(), extra);
+        r.extend_from_slice(body);
+        r
+    };
+    let floats = |n: usize| {
+        let data = vec!["0.123456"; n].join(",");
+        format!(r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{data}]}}]}}"#).into_bytes()
+    };
+    let mut all: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    all.push(("a 50 MB body", with_body(&floats(5_500_000), "")));
+    for _ in 0..9 {
+        all.push(("a 50 MB declared length", head(50_000_000, "")));
+    }
+    for _ in 0..5 {
+        all.push(("a 15 MB body of the wrong shape", with_body(&floats(1_600_000), "")));
+    }
+    for depth in [100, 1_000, 10_000, 100_000, 1_000_000] {
+        let nested = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":{}1{}}}]}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        all.push(("deeply nested data", with_body(nested.as_bytes(), "")));
+        let object = format!("{}{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+        all.push(("deeply nested objects", with_body(object.as_bytes(), "")));
+    }
+    for body in
+        [&b"{"[..], b"not json", b"{\"inputs\": [", b"\xff\xfe\xfd", b"{\"inputs\":[{\"name\":1}]}", b"[]", b"null"]
+    {
+        all.push(("malformed JSON", with_body(body, "")));
+    }
+    for shape in ["[1000000000,1000000000]", "[-1,64]", "[9223372036854775807]", "[]", "[0,64]"] {
+        let body = format!(r#"{{"inputs":[{{"name":"input","shape":{shape},"datatype":"FP32","data":[1,2]}}]}}"#);
+        all.push(("a shape that lies", with_body(body.as_bytes(), "")));
+    }
+    for length in ["999999999", "-5", "abc"] {
+        let body =
+            br#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}]}"#;
+        all.push((
+            "a binary header length that lies",
+            with_body(body, &format!("inference-header-content-length: {length}\r\n")),
+        ));
+    }
+    for number in ["1e39", "1e400", "-1e39", "\"x\"", "true", "NaN"] {
+        let body = format!(r#"{{"inputs":[{{"name":"input","shape":[1,1],"datatype":"FP32","data":[{number}]}}]}}"#);
+        all.push(("a number out of range", with_body(body.as_bytes(), "")));
+    }
+    for chunks in ["zz\r\nabc\r\n0\r\n\r\n", "ffffffffffffffffff\r\n", "5\r\nabc\r\n0\r\n\r\n", "4000000\r\n"] {
+        let mut r = format!("POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").into_bytes();
+        r.extend_from_slice(chunks.as_bytes());
+        all.push(("a chunked body that lies", r));
+    }
+    for _ in 0..5 {
+        let mut r = format!("POST {path} HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n", "a".repeat(70_000)).into_bytes();
+        r.extend_from_slice(b"{}");
+        all.push(("a head over 64 KiB", r));
+    }
+    for _ in 0..5 {
+        all.push(("both length and chunked", head(10, "transfer-encoding: chunked\r\n")));
+    }
+    while all.len() < 85 {
+        all.push(("a wrong credential", format!("POST {path} HTTP/1.1\r\nauthorization: Bearer nope\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}").into_bytes()));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_leave_the_gateway_and_the_replica_within_their_memory_bound() {
+    let mut p = Platform::start(&[]).await;
+    p.service("m", "mlp-small", Some(json!({ "num_replicas": 1 }))).await;
+    let key = p.key("m");
+    let gateway_pid = p.gateway.as_ref().expect("gateway").pid();
+    let replica_pid = p.replica_pids("m")[0];
+    let gw = p.gateway_url().trim_start_matches("http://").to_owned();
+    let path = "/services/m/v2/models/mlp-small/infer";
+    // Warm both up with ordinary requests first, so the baseline includes what serving costs.
+    let (request, _) = mlp_request();
+    for _ in 0..20 {
+        let r = p.client.post(format!("http://{gw}{path}")).bearer_auth(&key).json(&request).send().await;
+        assert_eq!(r.expect("served").status(), 200);
+    }
+    let (gateway_before, replica_before) = (rss_mib(gateway_pid), rss_mib(replica_pid));
+    let requests = hostile_requests(path, &key);
+    assert_eq!(requests.len(), 85);
+    for (what, bytes) in &requests {
+        let status = raw_status(&gw, bytes).await;
+        assert!(status == 0 || (400..500).contains(&status), "{what}: {status}");
+    }
+    // The replica's own limit (64 MiB) is above the gateway's: the 50 MB body, straight to it.
+    let replica = p.json(&["service", "show", "m"])["replicas"][0]["address"].as_str().expect("address").to_owned();
+    let direct = hostile_requests("/v2/models/mlp-small/infer", "");
+    for _ in 0..3 {
+        assert_eq!(raw_status(&replica, &direct[0].1).await, 400, "{}", direct[0].0);
+    }
+    // Still serving, and within 50 MB of where each started.
+    let r = p.client.post(format!("http://{gw}{path}")).bearer_auth(&key).json(&request).send().await;
+    assert_eq!(r.expect("served").status(), 200);
+    let (gateway_after, replica_after) = (rss_mib(gateway_pid), rss_mib(replica_pid));
+    println!("RSS MiB: gateway {gateway_before} -> {gateway_after}, replica {replica_before} -> {replica_after}");
+    assert!(gateway_after <= gateway_before + 50, "gateway: {gateway_before} -> {gateway_after} MiB");
+    assert!(replica_after <= replica_before + 50, "replica: {replica_before} -> {replica_after} MiB");
+    p.control.take().expect("control").terminate();
+}

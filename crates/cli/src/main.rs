@@ -9,6 +9,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    sluice_http1::server::set_memory_release(release_freed_memory);
     let cli = sluice_cli::Cli::parse();
     sluice_telemetry::init_logging();
     match sluice_cli::run(cli) {
@@ -18,4 +19,15 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Called after a request with a large body (see `sluice_http1::server::set_memory_release`):
+/// mimalloc keeps freed memory for a while before returning it to the OS, and only returns it
+/// when later allocations come by, so after one 50 MB body an idle process kept about 140 MB
+/// more resident. A forced collection returns what is free now.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time; it
+    // only frees memory that no allocation uses.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }

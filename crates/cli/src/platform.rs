@@ -43,8 +43,11 @@ pub struct GatewayArgs {
     /// requests get are reproducible.
     #[arg(long, env = "SLUICE_GATEWAY_SEED")]
     pub seed: Option<u64>,
-    /// Largest request body in bytes; larger ones get 413.
-    #[arg(long, env = "SLUICE_GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    /// Largest request body in bytes; larger ones get 413 before they are read (a declared length
+    /// is refused before the upload). Smaller than a replica's default (64 MiB): the gateway
+    /// holds each body while it forwards it, for every caller at once, and scoring requests are
+    /// rarely larger; raise it for services that take large tensors.
+    #[arg(long, env = "SLUICE_GATEWAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub gateway_max_body_bytes: usize,
     /// Milliseconds a replica has to answer before the caller gets 504.
     #[arg(long, env = "SLUICE_UPSTREAM_TIMEOUT_MS", default_value_t = 120_000)]

@@ -60,7 +60,7 @@ impl Default for GatewaySettings {
         GatewaySettings {
             algorithm: Algorithm::EdDSA,
             seed: random_seed(),
-            max_body_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(120),
             shadow_timeout: Duration::from_secs(30),
             max_shadow_in_flight: 64,

@@ -338,12 +338,16 @@ pub async fn read_body<R: AsyncRead + Unpin>(
         Framing::Empty => Ok(Bytes::new()),
         Framing::Length(n) => {
             let n = usize::try_from(n).ok().filter(|&n| n <= limit).ok_or(Error::BodyTooLarge { limit })?;
-            if buf.len() < n {
-                buf.reserve(n - buf.len());
-                while buf.len() < n {
-                    if io.read_buf(buf).await? == 0 {
-                        return Err(Error::Incomplete);
-                    }
+            if buf.len() >= n {
+                return Ok(buf.split_to(n).freeze());
+            }
+            if n > OWN_BUFFER_BODY {
+                return read_large_body(io, buf, n).await;
+            }
+            buf.reserve(n - buf.len());
+            while buf.len() < n {
+                if io.read_buf(buf).await? == 0 {
+                    return Err(Error::Incomplete);
                 }
             }
             Ok(buf.split_to(n).freeze())
@@ -362,6 +366,26 @@ pub async fn read_body<R: AsyncRead + Unpin>(
             Ok(buf.split().freeze())
         }
     }
+}
+
+/// Bodies larger than this are read into a buffer of their own rather than the connection's:
+/// the connection's buffer would otherwise keep the whole allocation alive (its tail shares it)
+/// for as long as the connection lives, long after the body was answered and dropped.
+const OWN_BUFFER_BODY: usize = 256 * 1024;
+
+/// Reads a body of `n` bytes, of which `buf` holds the first ones (and nothing after), into a
+/// buffer of exactly its size that is freed with the body.
+async fn read_large_body<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, n: usize) -> Result<Bytes, Error> {
+    let mut body = BytesMut::with_capacity(n);
+    body.extend_from_slice(&buf.split());
+    while body.len() < n {
+        // Never past the body: what follows belongs to the next request.
+        let want = (n - body.len()) as u64;
+        if (&mut *io).take(want).read_buf(&mut body).await? == 0 {
+            return Err(Error::Incomplete);
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// The position of the first CRLF in `buf`, reading more until one arrives.

@@ -19,6 +19,19 @@ use crate::{Error, Framing, Head, Limits};
 /// socket is not read until the answer is written.
 const MAX_READ_AHEAD: usize = 1 << 20;
 
+/// A request whose body was larger than this calls the memory-release hook once it is answered.
+const RELEASE_AFTER_BODY: u64 = 1 << 20;
+
+static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what is called after a request with a large body has been answered, to give the memory
+/// its body and decoded data took back to the operating system. The binary sets it, since it
+/// chooses the allocator: an allocator that keeps freed memory for reuse would otherwise keep a
+/// process's resident size at its largest request's peak for good. The first call wins.
+pub fn set_memory_release(release: fn()) {
+    let _ = RELEASE_MEMORY.set(release);
+}
+
 /// What a server does with each request.
 pub trait Handler: Send + Sync + 'static {
     /// Handles `request` on `connection`: reads (or skips) its body and writes one answer.
@@ -225,6 +238,11 @@ async fn connection<H: Handler>(
         let in_flight = polling.then(crate::poll::InFlight::enter);
         let keep = handler.handle(&mut c, &request, keep_alive).await;
         drop(in_flight);
+        if let (Framing::Length(n), Some(release)) = (request.framing, RELEASE_MEMORY.get())
+            && n > RELEASE_AFTER_BODY
+        {
+            release();
+        }
         if !keep {
             // Let the caller read the answer before the close: shut down our side first.
             let _ = c.stream.shutdown().await;
