@@ -49,6 +49,8 @@ pub enum RegistryError {
     Artifact(#[from] std::io::Error),
     #[error("registry store holds an unreadable record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("model '{reference}' is in use by {}; delete them or move them to another version first", .users.join(", "))]
+    InUse { reference: String, users: Vec<String> },
 }
 
 impl RegistryError {
@@ -66,7 +68,8 @@ impl RegistryError {
             | RegistryError::UnknownVersion { .. }
             | RegistryError::InvalidName(_)
             | RegistryError::InvalidReference(_)
-            | RegistryError::InvalidTag(_) => false,
+            | RegistryError::InvalidTag(_)
+            | RegistryError::InUse { .. } => false,
         }
     }
 }
@@ -324,29 +327,13 @@ impl Registry {
     /// Every registered version, by name then version.
     pub fn list(&self) -> Result<Vec<ModelVersion>> {
         let mut stmt = self.conn.prepare(&format!("{SELECT} ORDER BY name, version"))?;
-        let rows = stmt.query_map([], |r| self.row(r))?;
+        let rows = stmt.query_map([], |r| row(&self.artifacts, r))?;
         rows.map(|r| r?).collect()
     }
 
     /// One version; `None` means the latest.
     pub fn get(&self, name: &str, version: Option<u32>) -> Result<ModelVersion> {
-        let found = match version {
-            Some(v) => self
-                .conn
-                .query_row(&format!("{SELECT} WHERE name = ?1 AND version = ?2"), params![name, v], |r| self.row(r))
-                .optional()?,
-            None => self
-                .conn
-                .query_row(&format!("{SELECT} WHERE name = ?1 ORDER BY version DESC LIMIT 1"), [name], |r| self.row(r))
-                .optional()?,
-        };
-        match (found, version) {
-            (Some(mv), _) => mv,
-            (None, Some(version)) if self.has_name(name)? => {
-                Err(RegistryError::UnknownVersion { name: name.into(), version })
-            }
-            (None, _) => Err(RegistryError::UnknownModel(name.into())),
-        }
+        get_in(&self.artifacts, &self.conn, name, version)
     }
 
     /// Resolves a reference.
@@ -356,8 +343,26 @@ impl Registry {
 
     /// Deletes one version; its artifact is removed when no other version shares the bytes.
     pub fn delete(&mut self, name: &str, version: u32) -> Result<ModelVersion> {
-        let mv = self.get(name, Some(version))?;
-        let tx = self.conn.transaction()?;
+        self.delete_unless_used(name, version, |_| Ok(Vec::new()))
+    }
+
+    /// Deletes one version unless `users` names something that uses it ([`RegistryError::InUse`]).
+    /// `users` runs inside the delete's transaction, which holds the database's write lock from its
+    /// start: whatever it checks in the shared database (the control plane's services) cannot
+    /// start using the version before the delete commits. The registry knows nothing of those
+    /// users; the caller brings the check.
+    pub fn delete_unless_used(
+        &mut self,
+        name: &str,
+        version: u32,
+        users: impl FnOnce(&Connection) -> rusqlite::Result<Vec<String>>,
+    ) -> Result<ModelVersion> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mv = get_in(&self.artifacts, &tx, name, Some(version))?;
+        let users = users(&tx)?;
+        if !users.is_empty() {
+            return Err(RegistryError::InUse { reference: format!("{name}:{version}"), users });
+        }
         tx.execute("DELETE FROM model_versions WHERE name = ?1 AND version = ?2", params![name, version])?;
         let shared: i64 =
             tx.query_row("SELECT COUNT(*) FROM model_versions WHERE sha256 = ?1", [&mv.sha256], |r| r.get(0))?;
@@ -370,38 +375,6 @@ impl Registry {
             }
         }
         Ok(mv)
-    }
-
-    fn has_name(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM model_versions WHERE name = ?1 LIMIT 1", [name], |_| Ok(()))
-            .optional()?
-            .is_some())
-    }
-
-    fn row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ModelVersion>> {
-        let sha256: String = r.get(3)?;
-        let tags: String = r.get(6)?;
-        let signature: String = r.get(7)?;
-        let size: i64 = r.get(4)?;
-        let format: String = r.get(2)?;
-        let config: Option<String> = r.get(9)?;
-        Ok((|| {
-            Ok(ModelVersion {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                format: format.parse()?,
-                config: config.map(|c| serde_json::from_str(&c)).transpose()?,
-                artifact_path: self.artifacts.join(&sha256),
-                sha256,
-                size_bytes: size as u64,
-                description: r.get(5)?,
-                tags: serde_json::from_str(&tags)?,
-                signature: serde_json::from_str(&signature)?,
-                created_at: r.get(8)?,
-            })
-        })())
     }
 
     /// Validates the file and copies it into the content-addressed store (once per content).
@@ -456,6 +429,64 @@ impl Registry {
         }
         Ok(StoredArtifact { sha256, size: bytes.len() as u64, signature, format })
     }
+}
+
+/// [`Registry::get`] on `conn` (the registry's connection, or a transaction on it).
+fn get_in(artifacts: &Path, conn: &Connection, name: &str, version: Option<u32>) -> Result<ModelVersion> {
+    let found = match version {
+        Some(v) => conn
+            .query_row(&format!("{SELECT} WHERE name = ?1 AND version = ?2"), params![name, v], |r| row(artifacts, r))
+            .optional()?,
+        None => conn
+            .query_row(&format!("{SELECT} WHERE name = ?1 ORDER BY version DESC LIMIT 1"), [name], |r| {
+                row(artifacts, r)
+            })
+            .optional()?,
+    };
+    match (found, version) {
+        (Some(mv), _) => mv,
+        (None, Some(version)) if has_name(conn, name)? => {
+            Err(RegistryError::UnknownVersion { name: name.into(), version })
+        }
+        (None, _) => Err(RegistryError::UnknownModel(name.into())),
+    }
+}
+
+fn row(artifacts: &Path, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ModelVersion>> {
+    let sha256: String = r.get(3)?;
+    let tags: String = r.get(6)?;
+    let signature: String = r.get(7)?;
+    let size: i64 = r.get(4)?;
+    let format: String = r.get(2)?;
+    let config: Option<String> = r.get(9)?;
+    Ok((|| {
+        Ok(ModelVersion {
+            name: r.get(0)?,
+            version: r.get(1)?,
+            format: format.parse()?,
+            config: config.map(|c| serde_json::from_str(&c)).transpose()?,
+            artifact_path: artifacts.join(&sha256),
+            sha256,
+            size_bytes: size as u64,
+            description: r.get(5)?,
+            tags: serde_json::from_str(&tags)?,
+            signature: serde_json::from_str(&signature)?,
+            created_at: r.get(8)?,
+        })
+    })())
+}
+
+fn has_name(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.query_row("SELECT 1 FROM model_versions WHERE name = ?1 LIMIT 1", [name], |_| Ok(())).optional()?.is_some())
+}
+
+/// Whether `conn` (a connection to, or a transaction on, a data directory's database) holds model
+/// version `name:version`: for a caller that must check it inside its own transaction.
+pub fn has_version(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM model_versions WHERE name = ?1 AND version = ?2", params![name, version], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// A model file read into memory once, with its content hash.

@@ -121,3 +121,26 @@ fn register_if_changed_is_idempotent() {
     assert!(new_c);
     assert_eq!(c.version, 2);
 }
+
+#[test]
+fn a_delete_with_users_is_refused_and_changes_nothing() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut reg = Registry::open(home.path()).expect("open");
+    reg.register("mlp", &model("mlp-small"), RegisterOptions::default()).expect("register");
+    let err = reg
+        .delete_unless_used("mlp", 1, |conn| {
+            // The check runs on the delete's own transaction: it sees the version.
+            assert!(sluice_registry::has_version(conn, "mlp", 1).expect("query"));
+            Ok(vec!["service 'a'".into(), "service 'b'".into()])
+        })
+        .expect_err("in use");
+    assert_eq!(
+        err.to_string(),
+        "model 'mlp:1' is in use by service 'a', service 'b'; delete them or move them to another version first"
+    );
+    assert!(!err.is_internal());
+    assert_eq!(reg.get("mlp", Some(1)).expect("still there").version, 1);
+    assert_eq!(artifacts(home.path()), 1);
+    reg.delete_unless_used("mlp", 1, |_| Ok(Vec::new())).expect("unused");
+    assert_eq!(artifacts(home.path()), 0);
+}
