@@ -46,7 +46,8 @@ pub enum ModelCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Delete one version; its file is removed when no other version has the same bytes.
+    /// Delete one version; its file is removed when no other version has the same bytes. Refused
+    /// while a service of the control plane deploys the version.
     Delete {
         /// NAME:VERSION (the version is required, so a typo cannot delete the latest).
         reference: String,
@@ -103,7 +104,14 @@ pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Delete { reference } => {
             let r: ModelRef = reference.parse()?;
             let version = r.version.ok_or_else(|| anyhow::anyhow!("give the version to delete: {}:VERSION", r.name))?;
-            let mv = registry.delete(&r.name, version)?;
+            // The registry and the control plane's store share the data directory's database: the
+            // control plane's check of which services run this version goes into the registry's
+            // delete transaction, so no service can be stored with it in between. The registry
+            // does not know of services; the control plane does not know how deletes work.
+            let mv = registry.delete_unless_used(&r.name, version, |conn| {
+                let services = sluice_control::services_using_model(conn, &r.name, version)?;
+                Ok(services.into_iter().map(|s| format!("service '{s}'")).collect())
+            })?;
             println!("deleted {}:{}", mv.name, mv.version);
         }
     }

@@ -1,8 +1,10 @@
 //! Endpoints (versions with traffic shares in front of services), keys and tokens.
 //!
-//! Every endpoint change is computed on a copy, checked whole with the splitter the gateway routes by (`sluice-routing`)
-//! (so the control plane and the data plane agree on what is valid), and stored in one
-//! transaction; a refused change leaves nothing changed.
+//! Every endpoint change reads the endpoint, computes the change on a copy, checks it whole with the
+//! splitter the gateway routes by (`sluice-routing`, so the control plane and the data plane agree
+//! on what is valid) and stores it, all in one transaction that holds the write lock: concurrent
+//! changes are applied one after another, none is lost, and a refused change leaves nothing
+//! changed.
 
 use sluice_auth::Claims;
 use sluice_routing::{EndpointVersion, Split, TargetKind, token_audience};
@@ -11,6 +13,8 @@ use crate::model::{
     AuthMode, CreateEndpoint, EndpointSpec, EndpointStatus, KeyName, Keys, RegenerateKey, TokenRequest, TokenResponse,
     VersionChange, VersionStatus,
 };
+use crate::services::check_name_free;
+use crate::store::Reads;
 use crate::{ControlError, ControlPlane, check_name, lock, timestamp, unix_now};
 
 /// Applies `change` to `versions`: adds the version when `new`, else changes it.
@@ -84,32 +88,42 @@ fn check_versions(versions: &[EndpointVersion]) -> Result<Split, ControlError> {
     Split::new(&specs).map_err(|e| ControlError::Invalid(e.to_string()))
 }
 
-impl ControlPlane {
-    fn check_services_exist(&self, versions: &[EndpointVersion]) -> Result<(), ControlError> {
-        let store = lock(&self.store);
-        for v in versions {
-            if store.service(&v.service)?.is_none() {
-                return Err(ControlError::Invalid(format!(
-                    "version '{}' names service '{}', which does not exist",
-                    v.name, v.service
-                )));
-            }
+/// Fails unless every version's service exists (in `store`: inside the transaction that stores
+/// the versions, so the service cannot be deleted in between).
+fn check_services_exist(store: &impl Reads, versions: &[EndpointVersion]) -> Result<(), ControlError> {
+    for v in versions {
+        if store.service(&v.service)?.is_none() {
+            return Err(ControlError::Invalid(format!(
+                "version '{}' names service '{}', which does not exist",
+                v.name, v.service
+            )));
         }
-        Ok(())
     }
+    Ok(())
+}
 
+fn no_endpoint(name: &str) -> ControlError {
+    ControlError::NotFound(format!("no endpoint named '{name}'"))
+}
+
+impl ControlPlane {
+    /// Creates an endpoint; of concurrent creates of one name, one succeeds and the others are
+    /// refused (409).
     pub fn create_endpoint(&self, request: CreateEndpoint) -> Result<EndpointStatus, ControlError> {
         check_name("endpoint", &request.name)?;
-        self.check_name_free(&request.name)?;
         let mut versions = Vec::new();
         apply(&mut versions, &request.version, true)?;
-        self.check_services_exist(&versions)?;
         check_versions(&versions)?;
         let now = timestamp();
         let spec =
             EndpointSpec { name: request.name, auth: request.auth, versions, created_at: now.clone(), updated_at: now };
         let keys = Keys { primary_key: sluice_auth::generate_key(), secondary_key: sluice_auth::generate_key() };
-        lock(&self.store).put_endpoint(&spec, Some(&keys))?;
+        lock(&self.store).write(|tx| {
+            check_name_free(tx, &spec.name)?;
+            check_services_exist(tx, &spec.versions)?;
+            tx.insert_endpoint(&spec, &keys)?;
+            Ok::<_, ControlError>(())
+        })?;
         tracing::info!(endpoint = %spec.name, "endpoint created");
         self.publish();
         Ok(status(spec))
@@ -122,88 +136,78 @@ impl ControlPlane {
         change: VersionChange,
         new: bool,
     ) -> Result<EndpointStatus, ControlError> {
-        let mut spec = self.stored_endpoint(endpoint)?;
         let refused = |e: ControlError| match e {
             ControlError::Invalid(m) => {
                 ControlError::Invalid(format!("endpoint '{endpoint}': change refused, nothing changed: {m}"))
             }
             other => other,
         };
-        apply(&mut spec.versions, &change, new).map_err(refused)?;
-        self.check_services_exist(&spec.versions).map_err(refused)?;
-        check_versions(&spec.versions).map_err(refused)?;
-        spec.updated_at = timestamp();
-        lock(&self.store).put_endpoint(&spec, None)?;
+        let spec = lock(&self.store).write(|tx| {
+            let mut spec = tx.endpoint(endpoint)?.ok_or_else(|| no_endpoint(endpoint))?;
+            apply(&mut spec.versions, &change, new).map_err(refused)?;
+            check_services_exist(tx, &spec.versions).map_err(refused)?;
+            check_versions(&spec.versions).map_err(refused)?;
+            spec.updated_at = timestamp();
+            tx.update_endpoint(&spec)?;
+            Ok::<_, ControlError>(spec)
+        })?;
         self.publish();
         Ok(status(spec))
     }
 
+    /// Removes one version, which must not be the only one or the default.
     pub fn delete_version(&self, endpoint: &str, version: &str) -> Result<EndpointStatus, ControlError> {
-        let mut spec = self.stored_endpoint(endpoint)?;
-        let index = spec
-            .versions
-            .iter()
-            .position(|v| v.name == version)
-            .ok_or_else(|| ControlError::NotFound(format!("endpoint '{endpoint}' has no version '{version}'")))?;
-        if spec.versions.len() == 1 {
-            return Err(ControlError::Invalid(format!(
-                "version '{version}' is the only version of endpoint '{endpoint}'; delete the endpoint instead"
-            )));
-        }
-        if spec.versions[index].is_default {
-            return Err(ControlError::Invalid(format!(
-                "version '{version}' is the default of endpoint '{endpoint}'; make another version the default first"
-            )));
-        }
-        spec.versions.remove(index);
-        check_versions(&spec.versions)?;
-        spec.updated_at = timestamp();
-        lock(&self.store).put_endpoint(&spec, None)?;
+        let spec = lock(&self.store).write(|tx| {
+            let mut spec = tx.endpoint(endpoint)?.ok_or_else(|| no_endpoint(endpoint))?;
+            let index = spec
+                .versions
+                .iter()
+                .position(|v| v.name == version)
+                .ok_or_else(|| ControlError::NotFound(format!("endpoint '{endpoint}' has no version '{version}'")))?;
+            if spec.versions.len() == 1 {
+                return Err(ControlError::Invalid(format!(
+                    "version '{version}' is the only version of endpoint '{endpoint}'; delete the endpoint instead"
+                )));
+            }
+            if spec.versions[index].is_default {
+                return Err(ControlError::Invalid(format!(
+                    "version '{version}' is the default of endpoint '{endpoint}'; make another version the default first"
+                )));
+            }
+            spec.versions.remove(index);
+            check_versions(&spec.versions)?;
+            spec.updated_at = timestamp();
+            tx.update_endpoint(&spec)?;
+            Ok::<_, ControlError>(spec)
+        })?;
         self.publish();
         Ok(status(spec))
     }
 
     pub fn delete_endpoint(&self, name: &str) -> Result<(), ControlError> {
-        self.stored_endpoint(name)?;
-        lock(&self.store).delete("endpoint", name)?;
+        lock(&self.store).write(|tx| if tx.delete("endpoint", name)? { Ok(()) } else { Err(no_endpoint(name)) })?;
         self.publish();
         Ok(())
     }
 
-    fn stored_endpoint(&self, name: &str) -> Result<EndpointSpec, ControlError> {
-        lock(&self.store).endpoint(name)?.ok_or_else(|| ControlError::NotFound(format!("no endpoint named '{name}'")))
+    fn stored_endpoint(&self, name: &str) -> Result<EndpointStatus, ControlError> {
+        lock(&self.store).endpoint(name)?.map(status).ok_or_else(|| no_endpoint(name))
     }
 
     pub fn endpoint_status(&self, name: &str) -> Result<EndpointStatus, ControlError> {
-        Ok(status(self.stored_endpoint(name)?))
+        self.stored_endpoint(name)
     }
 
     pub fn list_endpoints(&self) -> Result<Vec<EndpointStatus>, ControlError> {
         Ok(lock(&self.store).endpoints()?.into_iter().map(status).collect())
     }
 
-    /// Whether `name` is a service or an endpoint, and how it authenticates.
-    fn target(&self, name: &str) -> Result<(TargetKind, AuthMode), ControlError> {
-        let store = lock(&self.store);
-        if let Some(s) = store.service(name)? {
-            return Ok((TargetKind::Service, crate::services::auth_mode(&s.deploy_config)));
-        }
-        if let Some(e) = store.endpoint(name)? {
-            return Ok((TargetKind::Endpoint, e.auth));
-        }
-        Err(ControlError::NotFound(format!("no service or endpoint named '{name}'")))
-    }
-
     pub fn keys(&self, name: &str) -> Result<Keys, ControlError> {
-        let (kind, _) = self.target(name)?;
-        lock(&self.store)
-            .keys(kind.as_str(), name)?
-            .ok_or_else(|| ControlError::Internal(format!("{} '{name}' has no keys", kind.as_str())))
+        keys_of(&*lock(&self.store), name)
     }
 
     /// Replaces one key; the other stays valid, so callers can rotate without downtime.
     pub fn regenerate_key(&self, name: &str, request: RegenerateKey) -> Result<(), ControlError> {
-        let (kind, _) = self.target(name)?;
         let value = match request.value {
             Some(v) => {
                 sluice_auth::check_key_value(&v).map_err(|e| ControlError::Invalid(format!("key value: {e}")))?;
@@ -211,12 +215,16 @@ impl ControlPlane {
             }
             None => sluice_auth::generate_key(),
         };
-        let mut keys = self.keys(name)?;
-        match request.key {
-            KeyName::Primary => keys.primary_key = value,
-            KeyName::Secondary => keys.secondary_key = value,
-        }
-        lock(&self.store).set_keys(kind.as_str(), name, &keys)?;
+        lock(&self.store).write(|tx| {
+            let (kind, _) = target(tx, name)?;
+            let mut keys = keys_of(tx, name)?;
+            match request.key {
+                KeyName::Primary => keys.primary_key = value,
+                KeyName::Secondary => keys.secondary_key = value,
+            }
+            tx.set_keys(kind.as_str(), name, &keys)?;
+            Ok::<_, ControlError>(())
+        })?;
         tracing::info!(target = name, key = %request.key, "key regenerated");
         self.publish();
         Ok(())
@@ -224,7 +232,7 @@ impl ControlPlane {
 
     /// A signed token for a token-auth service or endpoint.
     pub fn issue_token(&self, name: &str, request: TokenRequest) -> Result<TokenResponse, ControlError> {
-        let (kind, mode) = self.target(name)?;
+        let (kind, mode) = target(&*lock(&self.store), name)?;
         if mode != AuthMode::Token {
             return Err(ControlError::Invalid(format!(
                 "{} '{name}' does not use token auth (set token_auth_enabled in its deployment config, or create the endpoint with --auth token)",
@@ -252,6 +260,24 @@ impl ControlPlane {
             refresh_by: iat + ttl / 2,
         })
     }
+}
+
+/// Whether `name` is a service or an endpoint, and how it authenticates.
+fn target(store: &impl Reads, name: &str) -> Result<(TargetKind, AuthMode), ControlError> {
+    if let Some(s) = store.service(name)? {
+        return Ok((TargetKind::Service, crate::services::auth_mode(&s.deploy_config)));
+    }
+    if let Some(e) = store.endpoint(name)? {
+        return Ok((TargetKind::Endpoint, e.auth));
+    }
+    Err(ControlError::NotFound(format!("no service or endpoint named '{name}'")))
+}
+
+fn keys_of(store: &impl Reads, name: &str) -> Result<Keys, ControlError> {
+    let (kind, _) = target(store, name)?;
+    store
+        .keys(kind.as_str(), name)?
+        .ok_or_else(|| ControlError::Internal(format!("{} '{name}' has no keys", kind.as_str())))
 }
 
 fn status(spec: EndpointSpec) -> EndpointStatus {

@@ -28,8 +28,9 @@ pub use model::*;
 pub use secrets::{
     admin_token_path, control_url_path, gateway_token_path, read_admin_token, read_gateway_token, write_control_url,
 };
-use store::Store;
-use supervisor::Group;
+pub use store::services_using_model;
+use store::{Reads, Store};
+use supervisor::{Found, Group};
 
 /// Control plane settings fixed at start.
 #[derive(Debug, Clone)]
@@ -130,15 +131,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 impl ControlPlane {
     /// Opens the store and secrets under `settings.home` and starts every stored service. Replica
-    /// processes left by an earlier control plane that died are stopped once the new ones are
-    /// ready, so a gateway that kept serving through the outage loses nothing.
+    /// processes left by an earlier control plane that died are adopted where they run a slot of
+    /// their service's current generation (no second process is started beside them); the others
+    /// are stopped once their service is ready, so a gateway that kept serving through the outage
+    /// loses nothing.
     pub fn start(settings: ControlSettings) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&settings.home)?;
         let admin_token = secrets::credential(&settings.home, &secrets::admin_token_path(&settings.home))?;
         let gateway_token = secrets::credential(&settings.home, &secrets::gateway_token_path(&settings.home))?;
         let signer = secrets::signing_key(&settings.home)?;
-        let mut store = Store::open(&settings.home)?;
-        let stale = store.take_replica_pids()?;
+        let store = Store::open(&settings.home)?;
+        let recorded = store.replica_pids()?;
+        let mut left = supervisor::find_replicas(&settings.home, recorded.iter().map(|(pid, _)| *pid));
+        for (pid, _) in &recorded {
+            if !left.iter().any(|f| f.pid == *pid) {
+                store.remove_replica_pid(*pid)?;
+            }
+        }
         // Unix milliseconds: generations keep increasing across restarts, so a gateway that
         // follows the control plane never mistakes a new configuration for one it has.
         let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
@@ -157,11 +166,20 @@ impl ControlPlane {
         let specs = lock(&cp.store).services()?;
         for spec in specs {
             let plan = cp.plan(&spec)?;
-            let group = Group::start(&cp, plan);
+            // One process per slot of this generation is adopted; the rest stay in `left`.
+            let mut adopted: Vec<Found> = Vec::new();
+            left.retain(|f| {
+                let adopt = f.dir == plan.dir && f.index < plan.replicas && !adopted.iter().any(|a| a.index == f.index);
+                if adopt {
+                    adopted.push(f.clone());
+                }
+                !adopt
+            });
+            let group = Group::start_adopting(&cp, plan, adopted);
             lock(&cp.runtimes).insert(spec.name.clone(), ServiceRuntime { current: group, next: None });
         }
         cp.publish();
-        cp.retire_stale(stale);
+        cp.retire_stale(left);
         Ok(cp)
     }
 
@@ -296,16 +314,21 @@ impl ControlPlane {
         }
     }
 
-    /// Stops replica processes recorded by an earlier run once their service is healthy again (or
-    /// at once when the service is gone). A pid is signalled only if it still runs `sluice serve`
-    /// for this data directory.
-    fn retire_stale(self: &Arc<Self>, stale: Vec<(u32, String)>) {
-        for (pid, service) in stale {
-            if !supervisor::is_our_replica(pid, &self.settings.home) {
-                continue;
-            }
+    /// Stops replica processes left by an earlier run that were not adopted (older generations,
+    /// surplus slots, deleted services) once their service is healthy again (or at once when the
+    /// service is gone). A pid is signalled only while it still runs `sluice serve` for this data
+    /// directory; it is forgotten once it is gone.
+    fn retire_stale(self: &Arc<Self>, stale: Vec<Found>) {
+        for found in stale {
             let cp = self.clone();
+            let service = found
+                .dir
+                .parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             tokio::spawn(async move {
+                let pid = found.pid;
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
                 while tokio::time::Instant::now() < deadline {
                     let healthy = lock(&cp.runtimes).get(&service).is_none_or(|rt| rt.current.all_ready());
@@ -316,7 +339,13 @@ impl ControlPlane {
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 tracing::info!(pid, service, "stopping a replica left by an earlier control plane");
-                supervisor::signal_term(pid);
+                supervisor::stop_stale(pid, &cp.settings.home, cp.settings.stop_grace).await;
+                if let Some(socket) = &found.socket {
+                    let _ = std::fs::remove_file(socket);
+                }
+                if let Err(e) = lock(&cp.store).remove_replica_pid(pid) {
+                    tracing::warn!(error = %e, "cannot forget replica pid");
+                }
             });
         }
     }

@@ -7,6 +7,7 @@ use sluice_core::DeploymentConfig;
 use sluice_registry::{ModelRef, Registry};
 
 use crate::model::{AuthMode, CreateService, Keys, LogChunk, ServiceSpec, ServiceState, ServiceStatus, UpdateService};
+use crate::store::{Reads, Txn};
 use crate::supervisor::{Group, Plan, Probe, read_log_from};
 use crate::{ControlError, ControlPlane, ServiceRuntime, check_name, lock, timestamp};
 
@@ -85,20 +86,35 @@ fn check_inference_config(config: &Option<serde_json::Value>, models: &[String])
     Ok(())
 }
 
-impl ControlPlane {
-    /// Fails with 409 when a service or endpoint already has `name`: keys and tokens are asked
-    /// for by name, so one name means one thing.
-    pub(crate) fn check_name_free(&self, name: &str) -> Result<(), ControlError> {
-        let store = lock(&self.store);
-        if store.service(name)?.is_some() {
-            return Err(ControlError::Conflict(format!("a service named '{name}' already exists")));
-        }
-        if store.endpoint(name)?.is_some() {
-            return Err(ControlError::Conflict(format!("an endpoint named '{name}' already exists")));
-        }
-        Ok(())
+/// Fails with 409 when a service or endpoint already has `name`: keys and tokens are asked for by
+/// name, so one name means one thing. Checked again inside the transaction that creates it.
+pub(crate) fn check_name_free(store: &impl Reads, name: &str) -> Result<(), ControlError> {
+    if store.service(name)?.is_some() {
+        return Err(ControlError::Conflict(format!("a service named '{name}' already exists")));
     }
+    if store.endpoint(name)?.is_some() {
+        return Err(ControlError::Conflict(format!("an endpoint named '{name}' already exists")));
+    }
+    Ok(())
+}
 
+/// Fails with 409 when a resolved `name:version` is no longer registered: `sluice model delete`
+/// removed it since it was resolved. Checked in the transaction that stores the service, which
+/// holds the write lock `model delete` needs, so a stored service never names a deleted version.
+fn check_models_registered(tx: &Txn<'_>, models: &[String]) -> Result<(), ControlError> {
+    for m in models {
+        let registered = match m.split_once(':').map(|(n, v)| (n, v.parse::<u32>())) {
+            Some((name, Ok(version))) => tx.has_model_version(name, version)?,
+            _ => false,
+        };
+        if !registered {
+            return Err(ControlError::Conflict(format!("model '{m}' was deleted from the registry meanwhile")));
+        }
+    }
+    Ok(())
+}
+
+impl ControlPlane {
     /// Writes the files replicas of `spec` start from and says how to run them.
     pub(crate) fn plan(&self, spec: &ServiceSpec) -> Result<Plan, ControlError> {
         let internal = |e: std::io::Error| ControlError::Internal(format!("writing service files: {e}"));
@@ -144,10 +160,11 @@ impl ControlPlane {
         })
     }
 
-    /// Deploys a new service; its replicas start in the background.
+    /// Deploys a new service; its replicas start in the background. Of concurrent creates of one
+    /// name, one succeeds and the others are refused (409).
     pub fn create_service(self: &Arc<Self>, request: CreateService) -> Result<ServiceStatus, ControlError> {
         check_name("service", &request.name)?;
-        self.check_name_free(&request.name)?;
+        check_name_free(&*lock(&self.store), &request.name)?;
         let models = resolve_models(self.home(), &request.models)?;
         let deploy = check_deploy_config(request.deploy_config)?;
         check_inference_config(&request.inference_config, &models)?;
@@ -165,10 +182,20 @@ impl ControlPlane {
             primary_key: deploy.keys.0.unwrap_or_else(sluice_auth::generate_key),
             secondary_key: deploy.keys.1.unwrap_or_else(sluice_auth::generate_key),
         };
-        let plan = self.plan(&spec)?;
-        lock(&self.store).put_service(&spec, Some(&keys))?;
+        // The store stays locked until the replicas are started, so the runtimes follow the order
+        // of the store's writes.
+        let mut store = lock(&self.store);
+        let plan = store.write(|tx| {
+            check_name_free(tx, &spec.name)?;
+            check_models_registered(tx, &spec.models)?;
+            // Only the winner of a race for the name writes the service's files.
+            let plan = self.plan(&spec)?;
+            tx.insert_service(&spec, &keys)?;
+            Ok::<_, ControlError>(plan)
+        })?;
         let group = Group::start(self, plan);
         lock(&self.runtimes).insert(spec.name.clone(), ServiceRuntime { current: group, next: None });
+        drop(store);
         tracing::info!(service = %spec.name, models = ?spec.models, replicas = deploy.config.num_replicas.unwrap_or(1), "service created");
         self.publish();
         self.service_status(&spec.name)
@@ -176,32 +203,41 @@ impl ControlPlane {
 
     /// Replaces a service's models or configs. New replicas start beside the old ones, which keep
     /// serving until every new replica is ready; then traffic moves and the old ones drain.
+    /// Concurrent updates are applied one after another, each to what the previous one stored.
     pub fn update_service(self: &Arc<Self>, name: &str, request: UpdateService) -> Result<ServiceStatus, ControlError> {
-        let mut spec = self.stored_service(name)?;
-        let mut new_keys = None;
-        if let Some(refs) = &request.models {
-            spec.models = resolve_models(self.home(), refs)?;
-        }
-        if request.deploy_config.is_some() {
-            let deploy = check_deploy_config(request.deploy_config)?;
-            spec.deploy_config = deploy.stored;
-            if deploy.keys.0.is_some() || deploy.keys.1.is_some() {
-                let old = lock(&self.store).keys("service", name)?;
-                let old = old.ok_or_else(|| ControlError::Internal(format!("service '{name}' has no keys")))?;
-                new_keys = Some(Keys {
-                    primary_key: deploy.keys.0.unwrap_or(old.primary_key),
-                    secondary_key: deploy.keys.1.unwrap_or(old.secondary_key),
-                });
+        // Resolved before the transaction: the registry is read through its own connection.
+        let models = request.models.as_deref().map(|refs| resolve_models(self.home(), refs)).transpose()?;
+        let deploy = request.deploy_config.map(|c| check_deploy_config(Some(c))).transpose()?;
+        let mut store = lock(&self.store);
+        let (plan, generation) = store.write(|tx| {
+            let mut spec =
+                tx.service(name)?.ok_or_else(|| ControlError::NotFound(format!("no service named '{name}'")))?;
+            let mut new_keys = None;
+            if let Some(models) = models {
+                check_models_registered(tx, &models)?;
+                spec.models = models;
             }
-        }
-        if request.inference_config.is_some() {
-            spec.inference_config = request.inference_config;
-        }
-        check_inference_config(&spec.inference_config, &spec.models)?;
-        spec.generation += 1;
-        spec.updated_at = timestamp();
-        let plan = self.plan(&spec)?;
-        lock(&self.store).put_service(&spec, new_keys.as_ref())?;
+            if let Some(deploy) = deploy {
+                spec.deploy_config = deploy.stored;
+                if deploy.keys.0.is_some() || deploy.keys.1.is_some() {
+                    let old = tx.keys("service", name)?;
+                    let old = old.ok_or_else(|| ControlError::Internal(format!("service '{name}' has no keys")))?;
+                    new_keys = Some(Keys {
+                        primary_key: deploy.keys.0.unwrap_or(old.primary_key),
+                        secondary_key: deploy.keys.1.unwrap_or(old.secondary_key),
+                    });
+                }
+            }
+            if request.inference_config.is_some() {
+                spec.inference_config = request.inference_config;
+            }
+            check_inference_config(&spec.inference_config, &spec.models)?;
+            spec.generation += 1;
+            spec.updated_at = timestamp();
+            let plan = self.plan(&spec)?;
+            tx.update_service(&spec, new_keys.as_ref())?;
+            Ok::<_, ControlError>((plan, spec.generation))
+        })?;
         let next = Group::start(self, plan);
         let superseded = {
             let mut runtimes = lock(&self.runtimes);
@@ -213,42 +249,64 @@ impl ControlPlane {
                 }
             }
         };
+        drop(store);
         if let Some(old) = superseded {
             old.stop();
         }
-        tracing::info!(service = name, generation = spec.generation, "service update rolling out");
+        tracing::info!(service = name, generation, "service update rolling out");
         self.publish();
         self.service_status(name)
     }
 
     /// Removes a service and stops its replicas; refused while an endpoint version uses it.
     pub async fn delete_service(&self, name: &str) -> Result<(), ControlError> {
-        self.stored_service(name)?;
-        let users: Vec<String> = lock(&self.store)
-            .endpoints()?
-            .into_iter()
-            .flat_map(|e| {
-                let endpoint = e.name;
-                e.versions.into_iter().filter(|v| v.service == name).map(move |v| format!("{endpoint}/{}", v.name))
-            })
-            .collect();
-        if !users.is_empty() {
-            return Err(ControlError::Conflict(format!(
-                "service '{name}' is used by endpoint versions {}; delete or repoint them first",
-                users.join(", ")
-            )));
-        }
-        lock(&self.store).delete("service", name)?;
-        let runtime = lock(&self.runtimes).remove(name);
+        let (runtime, doomed) = self.remove_service(name)?;
         self.publish();
         if let Some(rt) = runtime {
             for group in std::iter::once(rt.current).chain(rt.next) {
                 group.stop_and_wait().await;
             }
         }
-        let _ = std::fs::remove_dir_all(self.home().join("services").join(name));
+        if let Some(doomed) = doomed {
+            let _ = std::fs::remove_dir_all(&doomed);
+        }
         tracing::info!(service = name, "service deleted");
         Ok(())
+    }
+
+    /// The synchronous part of a delete: the store, the runtimes and the service's folder, which
+    /// is moved aside (to be removed once the replicas are gone) while the store is locked, so a
+    /// service created again under this name right after starts in a fresh folder.
+    fn remove_service(&self, name: &str) -> Result<(Option<ServiceRuntime>, Option<std::path::PathBuf>), ControlError> {
+        let dir = self.home().join("services").join(name);
+        let mut store = lock(&self.store);
+        store.write(|tx| {
+            if tx.service(name)?.is_none() {
+                return Err(ControlError::NotFound(format!("no service named '{name}'")));
+            }
+            let users: Vec<String> = tx
+                .endpoints()?
+                .into_iter()
+                .flat_map(|e| {
+                    let endpoint = e.name;
+                    e.versions.into_iter().filter(|v| v.service == name).map(move |v| format!("{endpoint}/{}", v.name))
+                })
+                .collect();
+            if !users.is_empty() {
+                return Err(ControlError::Conflict(format!(
+                    "service '{name}' is used by endpoint versions {}; delete or repoint them first",
+                    users.join(", ")
+                )));
+            }
+            tx.delete("service", name)?;
+            Ok(())
+        })?;
+        let runtime = lock(&self.runtimes).remove(name);
+        let doomed =
+            self.home().join("services").join(format!(".deleted-{name}-{:08x}", sluice_routing::random_seed() as u32));
+        let moved = std::fs::rename(&dir, &doomed).is_ok();
+        drop(store);
+        Ok((runtime, moved.then_some(doomed)))
     }
 
     pub(crate) fn stored_service(&self, name: &str) -> Result<ServiceSpec, ControlError> {

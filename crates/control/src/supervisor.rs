@@ -1,6 +1,14 @@
 //! The local deploy target: each replica of a service is a `sluice serve` child process on its own
 //! loopback port. A replica is started, awaited until ready, probed for liveness, and restarted
-//! with backoff when it dies. Its output goes to a bounded log file the CLI can show and follow.
+//! with backoff when it dies. Its output goes to a log file the CLI can show and follow, kept
+//! within its bound while the replica runs.
+//!
+//! Replicas outlive a control plane that dies (gateways keep serving through its outage). The next
+//! control plane finds them ([`find_replicas`]: the pids its store recorded, and any `sluice serve`
+//! of this data directory in `/proc`) and adopts each one that runs its service's current
+//! generation in a slot it would otherwise fill: it supervises that process by pid instead of
+//! starting another beside it. The rest (older generations, surplus) are stopped once the service
+//! is healthy.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,8 +27,14 @@ use crate::model::{ReplicaStatus, ServiceState};
 const START_ATTEMPTS: u32 = 3;
 /// Longest a replica may take to load its models and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(300);
-/// A replica log is cut back to its newest part past this size.
+/// A replica log is cut back to its newest quarter past this size.
 const LOG_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
+/// How often a running replica's log size is checked: the log stays within its limit plus what
+/// the replica writes in this time.
+const LOG_CHECK_PERIOD: Duration = Duration::from_millis(250);
+/// How often a process adopted from an earlier control plane (not a child: it cannot be waited
+/// for) is checked for having exited.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
 
 /// Liveness probing, from the deployment config's probe fields.
 #[derive(Debug, Clone)]
@@ -102,6 +116,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Group {
     /// Starts every replica of `plan` in the background.
     pub fn start(cp: &Arc<ControlPlane>, plan: Plan) -> Arc<Group> {
+        Group::start_adopting(cp, plan, Vec::new())
+    }
+
+    /// Starts the replicas of `plan`, taking over `adopted` processes (left by an earlier control
+    /// plane, running this plan's generation) in their slots instead of starting new ones there.
+    pub fn start_adopting(cp: &Arc<ControlPlane>, plan: Plan, adopted: Vec<Found>) -> Arc<Group> {
         let replicas = (0..plan.replicas)
             .map(|index| {
                 Arc::new(Replica {
@@ -125,7 +145,8 @@ impl Group {
             done: Arc::new(tokio::sync::Semaphore::new(0)),
         });
         for replica in &group.replicas {
-            tokio::spawn(run_replica(cp.clone(), group.clone(), replica.clone()));
+            let adopt = adopted.iter().find(|f| f.index == replica.index).cloned();
+            tokio::spawn(run_replica(cp.clone(), group.clone(), replica.clone(), adopt));
         }
         group
     }
@@ -196,25 +217,36 @@ struct Ended {
     status: String,
 }
 
-async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Replica>) {
+async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Replica>, mut adopt: Option<Found>) {
     let mut backoff = Duration::from_millis(250);
     let mut start_failures = 0;
     while !group.stopping() {
-        trim_log(&replica.log_path);
+        trim_log(&replica.log_path, LOG_LIMIT_BYTES);
         let addr_file = group.plan.dir.join(format!("replica-{}.addr", replica.index));
-        let _ = std::fs::remove_file(&addr_file);
-        let socket = unix_socket_path(&group.plan, &replica);
-        let child = match spawn(&cp, &group.plan, &replica, &addr_file, socket.as_deref()) {
-            Ok(child) => child,
-            Err(e) => {
-                group.fail(format!("cannot start replica {}: {e}", replica.index));
-                break;
+        let (process, socket) = match adopt.take() {
+            Some(found) => {
+                tracing::info!(service = %group.plan.service, replica = replica.index, pid = found.pid, "adopting a replica left by an earlier control plane");
+                (Process::Adopted { pid: found.pid, home: cp.settings.home.clone() }, found.socket)
+            }
+            None => {
+                let _ = std::fs::remove_file(&addr_file);
+                let socket = unix_socket_path(&group.plan, &replica);
+                match spawn(&cp, &group.plan, &replica, &addr_file, socket.as_deref()) {
+                    Ok(child) => (Process::Child(child), socket),
+                    Err(e) => {
+                        group.fail(format!("cannot start replica {}: {e}", replica.index));
+                        break;
+                    }
+                }
             }
         };
-        let pid = child.id().unwrap_or(0);
+        let pid = process.pid().unwrap_or(0);
         replica.pid.store(pid, Ordering::Relaxed);
         cp.replica_spawned(pid, &group.plan.service);
-        let ended = supervise(&cp, &group, &replica, child, &addr_file).await;
+        // The log is bounded while the process runs, not only between runs.
+        let log_watch = tokio::spawn(bound_log(replica.log_path.clone(), LOG_LIMIT_BYTES, LOG_CHECK_PERIOD));
+        let ended = supervise(&cp, &group, &replica, process, &addr_file).await;
+        log_watch.abort();
         // A replica killed outright leaves its socket file behind.
         if let Some(path) = &socket {
             let _ = std::fs::remove_file(path);
@@ -254,6 +286,52 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
     group.done.add_permits(1);
+}
+
+/// A replica process: a child of this control plane, or one an earlier control plane started and
+/// this one adopted. An adopted process is not our child, so it is watched through `/proc` and
+/// signalled by pid (checked to still be our replica first, as pids are reused).
+enum Process {
+    Child(Child),
+    Adopted { pid: u32, home: PathBuf },
+}
+
+impl Process {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Process::Child(child) => child.id(),
+            Process::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// Waits for the process to exit and says how it ended.
+    async fn wait(&mut self) -> String {
+        match self {
+            Process::Child(child) => describe(child.wait().await),
+            Process::Adopted { pid, home } => {
+                while is_running_replica(*pid, home) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                "exited (adopted from an earlier control plane, so its status is unknown)".into()
+            }
+        }
+    }
+
+    /// SIGKILL, and waits until it is gone.
+    async fn kill(&mut self) {
+        match self {
+            Process::Child(child) => {
+                let _ = child.kill().await;
+                let _ = child.wait().await;
+            }
+            Process::Adopted { pid, home } => {
+                if is_running_replica(*pid, home) {
+                    signal(*pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                self.wait().await;
+            }
+        }
+    }
 }
 
 fn spawn(
@@ -316,7 +394,7 @@ async fn supervise(
     cp: &Arc<ControlPlane>,
     group: &Group,
     replica: &Replica,
-    mut child: Child,
+    mut child: Process,
     addr_file: &Path,
 ) -> Ended {
     let mut stop = group.stop.subscribe();
@@ -326,7 +404,7 @@ async fn supervise(
     // Phase 1: wait for the address file, written once the models are loaded and the port bound.
     let address = loop {
         tokio::select! {
-            status = child.wait() => return ended(describe(status), false),
+            status = child.wait() => return ended(status, false),
             _ = stopped(&mut stop) => return terminate(child, cp.settings.stop_grace).await,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
@@ -339,7 +417,7 @@ async fn supervise(
             break addr.trim().to_owned();
         }
         if started.elapsed() > START_TIMEOUT {
-            let _ = child.kill().await;
+            child.kill().await;
             return ended(format!("did not start listening within {} s", START_TIMEOUT.as_secs()), false);
         }
     };
@@ -349,7 +427,7 @@ async fn supervise(
     let ready_url = format!("http://{address}/v2/health/ready");
     loop {
         tokio::select! {
-            status = child.wait() => return ended(describe(status), false),
+            status = child.wait() => return ended(status, false),
             _ = stopped(&mut stop) => return terminate(child, cp.settings.stop_grace).await,
             ok = probe(&cp.http, &ready_url, Duration::from_secs(2)) => if ok { break },
         }
@@ -368,7 +446,7 @@ async fn supervise(
     let mut failures = 0;
     loop {
         tokio::select! {
-            status = child.wait() => return ended(describe(status), true),
+            status = child.wait() => return ended(status, true),
             _ = stopped(&mut stop) => return terminate(child, cp.settings.stop_grace).await,
             _ = tokio::time::sleep(group.plan.probe.period) => {}
         }
@@ -378,8 +456,7 @@ async fn supervise(
         }
         failures += 1;
         if failures >= group.plan.probe.failure_threshold {
-            let _ = child.kill().await;
-            let _ = child.wait().await;
+            child.kill().await;
             return ended(format!("killed after {failures} failed liveness probes"), true);
         }
     }
@@ -395,21 +472,31 @@ async fn probe(http: &reqwest::Client, url: &str, timeout: Duration) -> bool {
 }
 
 /// SIGTERM, then SIGKILL after `grace`.
-async fn terminate(mut child: Child, grace: Duration) -> Ended {
-    if let Some(pid) = child.id() {
+async fn terminate(mut child: Process, grace: Duration) -> Ended {
+    if let Some(pid) = child.pid() {
         signal_term(pid);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        let _ = child.kill().await;
-        let _ = child.wait().await;
+        child.kill().await;
     }
     Ended { became_ready: false, stopped: true, status: "stopped".into() }
 }
 
+/// Stops a replica process an earlier control plane left: SIGTERM, then SIGKILL after `grace`.
+pub async fn stop_stale(pid: u32, home: &Path, grace: Duration) {
+    if is_running_replica(pid, home) {
+        let _ = terminate(Process::Adopted { pid, home: home.to_path_buf() }, grace).await;
+    }
+}
+
 /// Sends SIGTERM to `pid`; a process that is already gone is fine.
 pub fn signal_term(pid: u32) {
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
 }
 
@@ -425,16 +512,36 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Keeps a replica log bounded: past the limit, the newest quarter is kept.
-fn trim_log(path: &Path) {
+/// Keeps a replica log within `limit` while the replica writes to it: checks every `period` and
+/// cuts it back past the limit. Runs until aborted.
+async fn bound_log(path: PathBuf, limit: u64, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        trim_log(&path, limit);
+    }
+}
+
+/// Cuts a log past `limit` back to its newest quarter, from a line start. The replica has the file
+/// open for appending (O_APPEND), so it can be cut in place while the replica writes: after the
+/// truncation its next write lands at the new end. The kept part is written back through an
+/// appending handle too, so nothing the replica writes meanwhile is overwritten; a line written in
+/// the instant between reading the kept part and the truncation is lost, and one written between
+/// the truncation and the write-back lands before the kept part.
+fn trim_log(path: &Path, limit: u64) {
+    use std::io::{Read, Seek, SeekFrom};
     let Ok(meta) = std::fs::metadata(path) else { return };
-    if meta.len() <= LOG_LIMIT_BYTES {
+    if meta.len() <= limit {
         return;
     }
-    if let Ok(bytes) = std::fs::read(path) {
-        let keep = &bytes[bytes.len() - (LOG_LIMIT_BYTES / 4) as usize..];
-        let start = keep.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let _ = std::fs::write(path, &keep[start..]);
+    let Ok(mut file) = std::fs::OpenOptions::new().read(true).append(true).open(path) else { return };
+    let mut keep = Vec::new();
+    let from = meta.len() - limit / 4;
+    if file.seek(SeekFrom::Start(from)).is_err() || file.read_to_end(&mut keep).is_err() {
+        return;
+    }
+    let start = keep.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if file.set_len(0).is_ok() {
+        let _ = file.write_all(&keep[start..]);
     }
 }
 
@@ -466,9 +573,104 @@ pub fn read_log_from(path: &Path, offset: Option<u64>) -> (u64, String) {
 /// Whether `pid` is a `sluice serve` replica started for data directory `home`: checked before a
 /// recorded pid is signalled, since pids are reused.
 pub fn is_our_replica(pid: u32, home: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let has = |s: &[u8]| args.contains(&s);
-    let in_home = args.iter().any(|a| a.starts_with(home.as_os_str().as_encoded_bytes()));
-    has(b"serve") && has(b"--addr-file") && in_home
+    replica_args(pid, home).is_some()
+}
+
+/// Whether `pid` is one of our replicas and has not exited (an exited process whose parent died
+/// may linger as a zombie when nothing reaps it; its command line reads empty).
+fn is_running_replica(pid: u32, home: &Path) -> bool {
+    is_our_replica(pid, home)
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+}
+
+/// The arguments of `pid` when it runs `sluice serve` for data directory `home`.
+fn replica_args(pid: u32, home: &Path) -> Option<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<PathBuf> =
+        cmdline.split(|&b| b == 0).map(|a| PathBuf::from(std::ffi::OsStr::from_bytes(a))).collect();
+    let has = |s: &str| args.iter().any(|a| a.as_os_str() == s);
+    let in_home = args.iter().any(|a| a.starts_with(home));
+    (has("serve") && has("--addr-file") && in_home).then_some(args)
+}
+
+/// A running replica process of this data directory that an earlier control plane started.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub pid: u32,
+    /// The generation folder its address file is in (`services/NAME/gN`).
+    pub dir: PathBuf,
+    /// Its replica slot.
+    pub index: usize,
+    /// Its Unix socket, when it has one.
+    pub socket: Option<PathBuf>,
+}
+
+/// Replica processes of data directory `home` still running: the `recorded` pids, and any other
+/// (a control plane killed between starting a replica and recording its pid) found in `/proc`.
+pub fn find_replicas(home: &Path, recorded: impl IntoIterator<Item = u32>) -> Vec<Found> {
+    let mut pids: Vec<u32> = recorded.into_iter().collect();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        pids.extend(entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.retain(|&pid| pid != std::process::id());
+    pids.into_iter()
+        .filter(|&pid| is_running_replica(pid, home))
+        .filter_map(|pid| {
+            let args = replica_args(pid, home)?;
+            let after = |flag: &str| args.iter().position(|a| a.as_os_str() == flag).and_then(|i| args.get(i + 1));
+            let addr_file = after("--addr-file")?;
+            let index =
+                addr_file.file_name()?.to_str()?.strip_prefix("replica-")?.strip_suffix(".addr")?.parse().ok()?;
+            Some(Found { pid, dir: addr_file.parent()?.to_path_buf(), index, socket: after("--unix-socket").cloned() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log that a process keeps appending to (as a replica's stdout does) stays within its
+    /// bound while it is written, keeps whole lines and keeps the newest ones.
+    #[tokio::test]
+    async fn a_log_stays_bounded_while_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replica-0.log");
+        let limit = 64 * 1024;
+        let watch = tokio::spawn(bound_log(path.clone(), limit, Duration::from_millis(20)));
+        let lines = 10_000;
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the log");
+                for i in 0..lines {
+                    writeln!(log, "line {i:06} {}", "x".repeat(90)).expect("write");
+                    if i % 10 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
+        };
+        let mut largest = 0;
+        while !writer.is_finished() {
+            largest = largest.max(std::fs::metadata(&path).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        writer.join().expect("writer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        watch.abort();
+        let written = lines as u64 * 103;
+        // The bound, plus what is written between two checks (about 20 KiB here).
+        assert!(largest <= limit + 48 * 1024, "the log reached {largest} bytes of {written} written; limit {limit}");
+        let text = std::fs::read_to_string(&path).expect("read the log");
+        assert!(text.len() as u64 <= limit, "{} bytes left", text.len());
+        for line in text.lines() {
+            assert!(line.len() == 102 && line.starts_with("line "), "a cut line: {line:?}");
+        }
+        assert!(text.ends_with(&format!("line {:06} {}\n", lines - 1, "x".repeat(90))), "the newest line is kept");
+    }
 }
