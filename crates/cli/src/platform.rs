@@ -72,6 +72,13 @@ pub struct GatewayArgs {
     /// (keep it below the replicas' --idle-timeout-ms, so the gateway closes first).
     #[arg(long, env = "SLUICE_UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
     pub upstream_idle_timeout_ms: u64,
+    /// Serve HTTPS: PEM file of the certificate chain (with --tls-key). Both files are read
+    /// again when they change, so a renewed certificate needs no restart.
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (with --tls-cert).
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl GatewayArgs {
@@ -81,6 +88,16 @@ impl GatewayArgs {
             Some(0) => bail!("--gateway-threads must be at least 1"),
             Some(n) => Ok(n),
             None => Ok(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        }
+    }
+
+    /// The TLS certificate to serve, when the flags name one.
+    fn tls(&self) -> anyhow::Result<Option<sluice_http1::tls::Tls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Ok(Some(sluice_http1::tls::Tls::from_files(cert, key).context("--tls-cert / --tls-key")?))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -105,6 +122,7 @@ impl GatewayArgs {
             busy_poll: Duration::from_micros(self.busy_poll_us),
             limits,
             upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
+            tls: self.tls()?,
         })
     }
 }
@@ -225,10 +243,12 @@ pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
     // serves on its own threads.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let gateway = Gateway::new(settings);
+        watch_tls(&settings);
+        let base = |addr| gateway_url(&settings, addr);
+        let gateway = Gateway::new(settings.clone());
         let server = GatewayThreads::start(&args.host, args.port, threads, gateway.clone()).await?;
         tokio::spawn(sluice_gateway::follow_control(gateway, ControlSource { url: url.clone(), token }));
-        println!("sluice: gateway on http://{}, following the control plane at {url}", server.addr);
+        println!("sluice: gateway on {}, following the control plane at {url}", base(server.addr));
         shutdown_signal().await;
         server.stop().await?;
         eprintln!("sluice: stopped");
@@ -330,7 +350,8 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         // The gateway listens first so a busy port fails before anything starts; it answers
         // "not ready" until the control plane's first configuration arrives.
-        let gateway = Gateway::new(gateway_settings);
+        watch_tls(&gateway_settings);
+        let gateway = Gateway::new(gateway_settings.clone());
         let server = GatewayThreads::start(&args.host, args.port, threads, gateway.clone()).await?;
         let addr = server.addr;
         let (cp, control_addr) = start_control(home, &args.control, limits).await?;
@@ -370,7 +391,7 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        println!("{}", banner(home, addr, control_addr, &models));
+        println!("{}", banner(home, &gateway_url(&gateway_settings, addr), control_addr, &models));
         shutdown_signal().await;
         server.stop().await?;
         cp.shutdown().await;
@@ -379,19 +400,36 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
     })
 }
 
-fn banner(home: &Path, addr: SocketAddr, control: SocketAddr, models: &[(String, String)]) -> String {
+/// The gateway's base URL: https when it terminates TLS.
+fn gateway_url(settings: &GatewaySettings, addr: SocketAddr) -> String {
+    format!("{}://{addr}", if settings.tls.is_some() { "https" } else { "http" })
+}
+
+/// Reloads the gateway's certificate when its files change, logging each attempt.
+fn watch_tls(settings: &GatewaySettings) {
+    if let Some(tls) = settings.tls.clone() {
+        tokio::spawn(tls.watch(Duration::from_secs(5), |reloaded| match reloaded {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate files changed but cannot be used; keeping the current one")
+            }
+        }));
+    }
+}
+
+fn banner(home: &Path, gateway: &str, control: SocketAddr, models: &[(String, String)]) -> String {
     let exe = std::env::current_exe().map_or_else(|_| "sluice".into(), |p| p.display().to_string());
     let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
     format!(
-        "\nSluice gateway on http://{addr} in front of the services {} (control plane on http://{control}; data in {home})\n\n\
+        "\nSluice gateway on {gateway} in front of the services {} (control plane on http://{control}; data in {home})\n\n\
          Key auth is on. Try it:\n  \
          KEY=$({exe} --home {home} keys get tabular-mixed --key primary)\n  \
-         curl -s http://{addr}/models/tabular-mixed/score -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' \\\n    \
+         curl -s {gateway}/models/tabular-mixed/score -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' \\\n    \
          -d '{{\"inputs\": {{\"features\": [[0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]], \"category\": [3]}}}}'\n  \
-         curl -s http://{addr}/v2/models/tabular-mixed/infer -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' \\\n    \
+         curl -s {gateway}/v2/models/tabular-mixed/infer -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' \\\n    \
          -d '{{\"inputs\": [{{\"name\": \"features\", \"shape\": [1, 8], \"datatype\": \"FP32\", \"data\": [0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]}}, \
          {{\"name\": \"category\", \"shape\": [1], \"datatype\": \"INT64\", \"data\": [3]}}]}}'\n  \
-         curl -s http://{addr}/metrics\n  \
+         curl -s {gateway}/metrics\n  \
          {exe} --home {home} service list\n\nPress Ctrl-C to stop.",
         names.join(", "),
         home = home.display(),

@@ -53,6 +53,8 @@ pub struct GatewaySettings {
     /// How long a pooled connection to a replica may stay idle before the gateway closes it;
     /// shorter than the replicas' own idle timeout, so the gateway closes first.
     pub upstream_idle_timeout: Duration,
+    /// Serve HTTPS with this certificate (reloaded on change) instead of plain HTTP.
+    pub tls: Option<sluice_http1::tls::Tls>,
 }
 
 impl Default for GatewaySettings {
@@ -67,6 +69,7 @@ impl Default for GatewaySettings {
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_MICROS),
             limits: sluice_http1::Limits::default(),
             upstream_idle_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

@@ -32,6 +32,10 @@ pub async fn serve(
             crate::upstream::sweep(gw.settings.upstream_idle_timeout, |addr| gw.replicas.contains(addr)).await;
         })
     };
+    let listener = match gateway.settings.tls.clone() {
+        Some(tls) => sluice_http1::stream::Listener::Tls(listener, tls),
+        None => listener.into(),
+    };
     let served = sluice_http1::server::serve(listener, Arc::new(Front(gateway)), limits, shutdown).await;
     sweeper.abort();
     served

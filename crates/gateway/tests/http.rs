@@ -615,3 +615,72 @@ async fn pooled_connections_close_when_idle_and_when_their_replica_is_removed() 
     eventually("the removed replica's connection is closed", || old_seen.open.load(Ordering::SeqCst) == 0).await;
     assert_eq!(client.get(&url).send().await.expect("send").status(), 200);
 }
+
+/// Writes a new self-signed certificate for `localhost` and its key to `dir`; returns its DER.
+fn write_certificate(dir: &std::path::Path) -> Vec<u8> {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    // Written whole then renamed, as a certificate manager does, so a reload never sees half.
+    for (name, text) in [("cert.pem", generated.cert.pem()), ("key.pem", generated.signing_key.serialize_pem())] {
+        std::fs::write(dir.join(format!("{name}.tmp")), text).expect("write");
+        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name)).expect("rename");
+    }
+    generated.cert.der().to_vec()
+}
+
+/// A TLS client that trusts exactly `certificates`; returns the server's certificate and answer.
+async fn over_tls(gateway: SocketAddr, trusted: &[Vec<u8>], request: &[u8]) -> std::io::Result<(Vec<u8>, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trusted {
+        roots.add(rustls::pki_types::CertificateDer::from(der.clone())).expect("trusted");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(gateway).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await?;
+    let served = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    tls.write_all(request).await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    Ok((served, String::from_utf8_lossy(&answer).into_owned()))
+}
+
+#[tokio::test]
+async fn the_gateway_serves_https_and_follows_a_renewed_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = write_certificate(dir.path());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let tls = sluice_http1::tls::Tls::from_files(&cert, &key).expect("tls");
+    tokio::spawn(tls.clone().watch(Duration::from_millis(50), |_| {}));
+    let (replica, _) = keep_alive_replica(200).await;
+    let (gateway, _) =
+        gateway_with(GatewaySettings { tls: Some(tls), ..GatewaySettings::default() }, vec![replica]).await;
+    let request = b"GET /services/s/v2/models/m HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n";
+    let (served, answer) = over_tls(gateway, std::slice::from_ref(&first), request).await.expect("https");
+    assert_eq!(served, first);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(gateway).await.expect("connect");
+    let answer = raw(&mut plain, request, "HTTP/1.1", 1).await;
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+
+    // A renewed certificate is served to new connections without a restart.
+    std::thread::sleep(Duration::from_millis(1100)); // a newer modification time on coarse clocks
+    let second = write_certificate(dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (served, _) = over_tls(gateway, &[first.clone(), second.clone()], request).await.expect("https");
+        if served == second {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was not served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A client that trusts only the old certificate is refused now.
+    assert!(over_tls(gateway, &[first], request).await.is_err());
+}

@@ -18,6 +18,7 @@ mod limits;
 pub mod poll;
 pub mod server;
 pub mod stream;
+pub mod tls;
 
 pub use date::push_date;
 pub use limits::Limits;

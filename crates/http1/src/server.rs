@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::limits::Paced;
-use crate::stream::{Listener, Stream};
+use crate::stream::{Accepted, Listener, Stream};
 use crate::{Error, Framing, Head, Limits};
 
 /// Bytes of pipelined requests buffered while the current one is handled; past that the peer's
@@ -189,18 +189,25 @@ async fn pace_timers() {
 }
 
 async fn connection<H: Handler>(
-    stream: Stream,
+    accepted: Accepted,
     handler: Arc<H>,
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
     _alive: (mpsc::Sender<()>, OwnedSemaphorePermit),
 ) {
     let (header_timeout, idle_timeout) = (limits.header_read_timeout, limits.idle_timeout);
+    // A TLS handshake counts against the first head's time: a caller that starts one and stalls
+    // is closed like one that says nothing.
+    let accepted_at = Instant::now();
+    let stream = match tokio::time::timeout_at(accepted_at + header_timeout, accepted.establish()).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) | Err(_) => return,
+    };
     let mut c = Connection { stream, buf: BytesMut::with_capacity(8 * 1024), head: Vec::with_capacity(1024), limits };
     let idle_poll = handler.idle_poll();
     let polling = !idle_poll.is_zero();
     // A new connection's first head is due within the header timeout of the accept.
-    let mut head_due = Some(Instant::now() + header_timeout);
+    let mut head_due = Some(accepted_at + header_timeout);
     loop {
         // Between requests, a shutdown closes the connection, and so does the idle timeout (or,
         // before the first request, the header timeout: a caller that says nothing).

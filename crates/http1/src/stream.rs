@@ -1,5 +1,5 @@
-//! The two kinds of socket HTTP/1.1 runs over here: TCP, and Unix domain sockets for a gateway and
-//! replicas on the same host.
+//! The kinds of connection HTTP/1.1 runs over here: TCP, TLS over TCP (a gateway serving
+//! HTTPS), and Unix domain sockets for a gateway and replicas on the same host.
 //!
 //! Why Unix sockets: a local replica reached over loopback TCP still pays the whole TCP stack in
 //! both directions (segments, acknowledgements, a software interrupt per send). A Unix stream
@@ -15,11 +15,13 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-/// A connected socket of either kind.
+/// A connected socket of any kind.
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Boxed: a TLS session is a few hundred bytes, the other kinds a file descriptor.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -41,6 +43,9 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.poll_read_ready(cx),
             Stream::Unix(s) => s.poll_read_ready(cx),
+            // The socket's readiness says nothing of plaintext rustls already holds: report
+            // ready, so a poller reads at once rather than spin.
+            Stream::Tls(_) => Poll::Ready(Ok(())),
         }
     }
 }
@@ -70,6 +75,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -79,6 +85,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -90,10 +97,12 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
+        // rustls gathers the slices into records itself.
         true
     }
 
@@ -101,6 +110,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -108,26 +118,49 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
-/// A listening socket of either kind.
+/// A listening socket of any kind.
 #[derive(Debug)]
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
+    /// TCP whose connections speak TLS; the handshake happens on the connection's own task
+    /// ([`Accepted::establish`]), so a slow one never holds up the accept loop.
+    Tls(TcpListener, crate::tls::Tls),
+}
+
+/// A connection just accepted, before any TLS handshake.
+#[derive(Debug)]
+pub struct Accepted {
+    stream: Stream,
+    tls: Option<crate::tls::Tls>,
+}
+
+impl Accepted {
+    /// The connection ready for HTTP: after the TLS handshake, when the listener speaks TLS.
+    pub async fn establish(self) -> io::Result<Stream> {
+        match (self.stream, self.tls) {
+            (Stream::Tcp(tcp), Some(tls)) => Ok(Stream::Tls(Box::new(tls.acceptor().accept(tcp).await?))),
+            (stream, _) => Ok(stream),
+        }
+    }
 }
 
 impl Listener {
-    pub async fn accept(&self) -> io::Result<Stream> {
+    pub async fn accept(&self) -> io::Result<Accepted> {
+        async fn tcp(l: &TcpListener) -> io::Result<Stream> {
+            let (stream, _) = l.accept().await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Stream::Tcp(stream))
+        }
         match self {
-            Listener::Tcp(l) => {
-                let (stream, _) = l.accept().await?;
-                let _ = stream.set_nodelay(true);
-                Ok(Stream::Tcp(stream))
-            }
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+            Listener::Tcp(l) => Ok(Accepted { stream: tcp(l).await?, tls: None }),
+            Listener::Unix(l) => Ok(Accepted { stream: Stream::Unix(l.accept().await?.0), tls: None }),
+            Listener::Tls(l, tls) => Ok(Accepted { stream: tcp(l).await?, tls: Some(tls.clone()) }),
         }
     }
 }
