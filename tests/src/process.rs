@@ -203,3 +203,35 @@ impl PluginMlp {
             .collect()
     }
 }
+
+/// The running `sluice serve` processes (replicas) whose command line names a path under `home`,
+/// found in `/proc`; exited processes left unreaped (zombies) do not count.
+pub fn replica_processes(home: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let home = home.as_os_str().as_encoded_bytes();
+            args.contains(&&b"serve"[..]) && args.iter().any(|a| a.starts_with(home))
+        })
+        .filter(|pid| {
+            // The state follows the command name's closing parenthesis.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_owned()))
+                .is_some_and(|rest| !rest.starts_with(['Z', 'X']))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// SIGKILLs every replica process of `home` ([`replica_processes`]), by pid: what a failed test
+/// left running.
+pub fn kill_replicas(home: &Path) {
+    for pid in replica_processes(home) {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+}
