@@ -27,7 +27,7 @@ pub use front::serve;
 pub use reply::Reply;
 pub use repository::Repository;
 pub use route::{ModelAction, Route, route};
-pub use v2::HEADER_LENGTH;
+pub use v2::{HEADER_LENGTH, decode_infer_inputs};
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]

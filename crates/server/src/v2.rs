@@ -28,6 +28,16 @@ struct InferRequest<'a> {
     binary_by_default: bool,
 }
 
+/// Decodes the body of an infer request as `POST /v2/models/{name}/infer` does before the request
+/// meets a model: the JSON part and, when `header_length` (the value of the
+/// `Inference-Header-Content-Length` header) is given, the binary tensor data that follows it.
+/// Returns the input tensors in request order, each checked against its own shape, or the 400 the
+/// server would answer. Nothing is checked against a model's signature. The fuzz targets drive the
+/// decoder through this.
+pub fn decode_infer_inputs(header_length: Option<&[u8]>, body: &Bytes) -> Result<Vec<Tensor>, ApiError> {
+    decode(header_length, body).map(|request| request.inputs)
+}
+
 fn decode<'a>(header_length: Option<&[u8]>, body: &'a Bytes) -> Result<InferRequest<'a>, ApiError> {
     let (json, mut binary) = match header_length {
         None => (&body[..], &[][..]),
