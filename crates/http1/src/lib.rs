@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most headers in one message head.
 const MAX_HEADERS: usize = 100;
-/// Longest chunk-size line or trailer section accepted in a chunked body.
+/// Longest chunk-size line (CRLF included) or trailer section accepted in a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
 /// Bytes asked of the socket per read while a message is incomplete.
 const READ_CHUNK: usize = 16 * 1024;
@@ -389,14 +389,16 @@ async fn read_large_body<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, n
     Ok(body.freeze())
 }
 
-/// The position of the first CRLF in `buf`, reading more until one arrives.
+/// The position of the first CRLF in `buf`, reading more until one arrives. A line longer than
+/// [`MAX_CHUNK_LINE`] with its CRLF is refused however it arrives, in one read or in many.
 async fn line_end<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<usize, Error> {
     let mut searched = 0;
     loop {
         if let Some(i) = buf[searched..].windows(2).position(|w| w == b"\r\n") {
-            return Ok(searched + i);
+            let end = searched + i;
+            return if end + 2 > MAX_CHUNK_LINE { Err(Error::BadChunk) } else { Ok(end) };
         }
-        if buf.len() > MAX_CHUNK_LINE {
+        if buf.len() >= MAX_CHUNK_LINE {
             return Err(Error::BadChunk);
         }
         searched = buf.len().saturating_sub(1);

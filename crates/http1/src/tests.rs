@@ -186,6 +186,28 @@ async fn messages_arrive_whole_through_partial_writes() {
     writer.await.expect("join").expect("write");
 }
 
+#[tokio::test]
+async fn chunk_line_limit_holds_however_the_bytes_arrive() {
+    // Found by the http1_request fuzz target: a chunk-size line past the limit was refused when it
+    // arrived in pieces but accepted when it arrived in one read.
+    let line = |len: usize| {
+        let mut wire = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+        let head = wire.len() - 2;
+        wire.resize(head + len - 2, b'a');
+        wire.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        wire
+    };
+    for step in [1, 7, 64, 4096, 1 << 20] {
+        let (_, body) =
+            request(&mut trickle(&line(MAX_CHUNK_LINE), step), &mut BytesMut::new(), 10).await.expect("at the limit");
+        assert_eq!(&body[..], b"x");
+        for len in [MAX_CHUNK_LINE + 1, MAX_CHUNK_LINE + 2, 5000] {
+            let got = request(&mut trickle(&line(len), step), &mut BytesMut::new(), 10).await;
+            assert!(matches!(got, Err(Error::BadChunk)), "line of {len} read {step} at a time: {got:?}");
+        }
+    }
+}
+
 fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
     let mut wire = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     let (mut at, mut i) = (0, 0);
