@@ -106,4 +106,15 @@ async fn the_gateway_and_the_admin_api_close_silent_and_trickling_callers() {
         let r = reqwest::get(format!("{}/v2/health/live", server.url)).await.expect("answered");
         assert!(r.status().as_u16() < 500, "{}: {}", server.url, r.status());
     }
+    // Every error of the admin API has a JSON body, the router's own 404 and 405 included.
+    let client = reqwest::Client::new();
+    let admin = std::fs::read_to_string(home.path().join("control/admin-token")).expect("admin token");
+    for (method, path, status) in [("GET", "/no/such/route", 404), ("DELETE", "/v1/gateway/config", 405)] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let request = client.request(method, format!("{}{path}", control.url)).bearer_auth(admin.trim());
+        let r = request.send().await.expect("answered");
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let body: serde_json::Value = r.json().await.expect("a JSON body");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains(path)), "{body}");
+    }
 }

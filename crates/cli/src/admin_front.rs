@@ -32,13 +32,14 @@ impl Handler for Admin {
     async fn handle(&self, c: &mut Connection, request: &Head, keep_alive: bool) -> bool {
         let response = match c.read_body(request, MAX_ADMIN_BODY).await {
             Ok(body) => {
+                let what = format!("{} {}", request.method(), request.target().split('?').next().unwrap_or_default());
                 let mut builder = http::Request::builder().method(request.method()).uri(request.target());
                 for (name, value) in request.headers() {
                     builder = builder.header(name, value);
                 }
                 match builder.body(axum::body::Body::from(body)) {
                     Ok(request) => match self.0.clone().oneshot(request).await {
-                        Ok(response) => response,
+                        Ok(response) => with_json_error(response, &what),
                         Err(never) => match never {},
                     },
                     Err(e) => error(400, &format!("unusable request: {e}")),
@@ -61,6 +62,25 @@ impl Handler for Admin {
         };
         write(c, response, keep_alive).await && keep_alive
     }
+}
+
+/// The router's own refusals (404 for no route, 405 for a wrong method) come with an empty body:
+/// every error here answers `{"error": ...}`, as the rest of Sluice does.
+fn with_json_error(response: axum::response::Response, what: &str) -> axum::response::Response {
+    let status = response.status();
+    let empty = axum::body::HttpBody::size_hint(response.body()).exact() == Some(0);
+    if !(status.is_client_error() || status.is_server_error()) || !empty {
+        return response;
+    }
+    let reason = status.canonical_reason().unwrap_or("error").to_ascii_lowercase();
+    let mut json = error(status.as_u16(), &format!("{reason}: {what}"));
+    // Keep what the status asks for (`Allow` on a 405).
+    for (name, value) in response.headers() {
+        if name != http::header::CONTENT_LENGTH && name != http::header::CONTENT_TYPE {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 fn error(status: u16, message: &str) -> axum::response::Response {
