@@ -163,8 +163,11 @@ impl OrtBackend {
                 ))
             })?,
         };
-        let session =
-            builder.commit_from_file(path).map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let session = builder.commit_from_file(path).map_err(|e| {
+            // ONNX Runtime usually names the file itself ("Load model from PATH failed: ...").
+            let (path, e) = (path.display().to_string(), e.to_string());
+            BackendError::Load(if e.contains(&path) { e } else { format!("{path}: {e}") })
+        })?;
         let inputs = session.inputs().iter().map(|o| spec(o.name(), o.dtype(), "input")).collect::<Result<_, _>>()?;
         let outputs =
             session.outputs().iter().map(|o| spec(o.name(), o.dtype(), "output")).collect::<Result<_, _>>()?;

@@ -47,7 +47,9 @@ pub struct BackendInfo {
 /// Failures inside an engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
-    #[error("failed to load model: {0}")]
+    /// The model could not be loaded. The message is the cause alone: whoever reports it says
+    /// which model failed to load (so it is said once).
+    #[error("{0}")]
     Load(String),
     #[error("inference failed: {0}")]
     Inference(String),

@@ -112,7 +112,8 @@ pub enum InferError {
 pub enum StartError {
     #[error("{0}")]
     Backend(#[from] BackendError),
-    #[error("invalid configuration for model '{model}': {reason}")]
+    /// The model is named by whoever reports the error (as for the other variants).
+    #[error("invalid configuration: {reason}")]
     Config { model: String, reason: String },
     #[error("cannot start a worker thread: {0}")]
     Thread(#[from] std::io::Error),

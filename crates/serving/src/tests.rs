@@ -121,3 +121,22 @@ fn a_missing_gpu_fails_the_model_unless_it_may_fall_back_to_the_cpu() {
     c.per_model = BTreeMap::from([("mlp-large".into(), gpu("fail"))]);
     assert!(matches!(load(c), Err(ServingError::NothingLoaded(reasons)) if reasons.len() == 1));
 }
+
+/// `haystack` names `needle` exactly once.
+fn once(haystack: &str, needle: &str) -> bool {
+    haystack.matches(needle).count() == 1
+}
+
+#[test]
+fn a_model_that_fails_to_load_names_each_cause_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"not a protobuf").expect("write the corrupt model");
+    let mut c = config(&["mlp-small"]);
+    c.models.push(corrupt.display().to_string());
+    let repository = load(c).expect("mlp-small still serves");
+    let refused = repository.get("corrupt", None).expect_err("the corrupt model failed to load").to_string();
+    assert!(once(&refused, "failed to load"), "{refused}");
+    assert!(once(&refused, "corrupt.onnx"), "{refused}");
+    assert!(once(&refused, "'corrupt'"), "{refused}");
+}
