@@ -79,6 +79,11 @@ pub struct GatewayArgs {
     /// PEM file of the certificate's private key (with --tls-cert).
     #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// One log line per request (target `sluice::access`, INFO): request id, endpoint, version,
+    /// role, service, status, duration, bytes, caller. JSON when stderr is not a terminal.
+    /// `--access-log false` turns it off; `SLUICE_LOG` can also filter it.
+    #[arg(long, env = "SLUICE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
 }
 
 impl GatewayArgs {
@@ -123,6 +128,7 @@ impl GatewayArgs {
             limits,
             upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
             tls: self.tls()?,
+            access_log: self.access_log,
         })
     }
 }

@@ -359,6 +359,12 @@ fn spawn(
     if let Some(lib) = &cp.settings.ort_lib {
         cmd.arg("--ort-lib").arg(lib);
     }
+    // A replica's log is read by people (`sluice service logs`) and its last lines end up in
+    // `last_exit`: plain text (without colour codes, as it is a file) unless the operator chose
+    // a format for the whole platform.
+    if std::env::var_os("SLUICE_LOG_FORMAT").is_none() {
+        cmd.env("SLUICE_LOG_FORMAT", "text");
+    }
     cmd.env("SLUICE_HOME", &cp.settings.home)
         // The flags above decide these; the control plane's own environment must not.
         .env_remove("SLUICE_HOST")

@@ -55,6 +55,8 @@ pub struct GatewaySettings {
     pub upstream_idle_timeout: Duration,
     /// Serve HTTPS with this certificate (reloaded on change) instead of plain HTTP.
     pub tls: Option<sluice_http1::tls::Tls>,
+    /// Write one access log line per request (target `sluice::access`, INFO).
+    pub access_log: bool,
 }
 
 impl Default for GatewaySettings {
@@ -70,6 +72,7 @@ impl Default for GatewaySettings {
             limits: sluice_http1::Limits::default(),
             upstream_idle_timeout: Duration::from_secs(30),
             tls: None,
+            access_log: true,
         }
     }
 }

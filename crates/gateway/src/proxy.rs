@@ -9,7 +9,8 @@ use http::HeaderValue;
 use sluice_auth::{KeyDigest, bearer_credential};
 use sluice_http1::Head;
 use sluice_routing::split::unit_interval_at;
-use sluice_routing::{AuthPolicy, ROUTE_KEY_HEADER, TargetKind, VERSION_HEADER};
+use sluice_routing::{AuthPolicy, ROUTE_KEY_HEADER, Role, TargetKind, VERSION_HEADER};
+use sluice_telemetry::request_id::HEADER as REQUEST_ID;
 
 use crate::Gateway;
 use crate::error::GatewayError;
@@ -18,9 +19,9 @@ use crate::table::{EndpointTarget, RouteTable, ServiceTarget, Target, VersionTar
 use crate::upstream::Answer;
 
 /// Headers the replica must not see besides the hop-by-hop ones: the caller's credential, the
-/// gateway's own routing headers, and framing the gateway sets itself.
-const NOT_FORWARDED: [&str; 6] =
-    ["host", "authorization", "content-length", "expect", VERSION_HEADER, ROUTE_KEY_HEADER];
+/// gateway's own routing headers, and what the gateway sets itself (framing, the request id).
+const NOT_FORWARDED: [&str; 7] =
+    ["host", "authorization", "content-length", "expect", VERSION_HEADER, ROUTE_KEY_HEADER, REQUEST_ID];
 
 /// Largest response body taken from a replica; a larger one fails the request with 502 rather
 /// than holding unbounded memory.
@@ -119,13 +120,15 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn new(request: &Head, rest: String, rewrite_model: bool, body: Bytes) -> Self {
+    fn new(request: &Head, request_id: &[u8], rest: String, rewrite_model: bool, body: Bytes) -> Self {
         let mut headers = Vec::with_capacity(256);
         for (name, value) in request.headers() {
             if !NOT_FORWARDED.iter().any(|n| n.eq_ignore_ascii_case(name)) && !request.is_hop_by_hop(name) {
                 sluice_http1::push_header(&mut headers, name, value);
             }
         }
+        // The replica (and a shadow) see the id the caller gets back, so their logs join.
+        sluice_http1::push_header(&mut headers, REQUEST_ID, request_id);
         let query = request.target().split_once('?').map(|(_, q)| q.to_owned());
         Outgoing { method: request.method().to_owned(), rest, rewrite_model, query, headers, body }
     }
@@ -155,11 +158,52 @@ pub(crate) struct Decision {
     service: Arc<ServiceTarget>,
     stats: Arc<RouteStats>,
     version_header: HeaderValue,
-    /// Whether the caller named an endpoint (its errors then still name the version tried).
-    endpoint: bool,
+    /// The endpoint the caller named, if any (its errors then still name the version tried).
+    endpoint: Option<Arc<EndpointTarget>>,
+    /// The version's role; `None` for a direct call to a service.
+    role: Option<Role>,
     shadow: Option<(Arc<ServiceTarget>, Arc<RouteStats>)>,
     rest: String,
     rewrite_model: bool,
+}
+
+/// Where a request went, as the access log names it.
+pub(crate) struct RouteLabels {
+    endpoint: Option<Arc<EndpointTarget>>,
+    service: Arc<ServiceTarget>,
+    version: Option<HeaderValue>,
+    role: Option<Role>,
+}
+
+impl RouteLabels {
+    pub(crate) fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref().map(|e| e.name.as_str())
+    }
+
+    pub(crate) fn version(&self) -> Option<&str> {
+        self.version.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    /// `control`, `treatment`, `shadow`, or `none` for a direct call to a service.
+    pub(crate) fn role(&self) -> &'static str {
+        self.role.map_or("none", Role::as_str)
+    }
+
+    pub(crate) fn service(&self) -> &str {
+        &self.service.name
+    }
+}
+
+impl Decision {
+    /// Its labels for the access log; reference counts only, no allocation.
+    pub(crate) fn labels(&self) -> RouteLabels {
+        RouteLabels {
+            endpoint: self.endpoint.clone(),
+            service: self.service.clone(),
+            version: self.endpoint.is_some().then(|| self.version_header.clone()),
+            role: self.role,
+        }
+    }
 }
 
 /// What the caller gets back for a forwarded request.
@@ -204,18 +248,22 @@ impl Gateway {
         if !probe {
             self.authorize(&table, &target, request)?;
         }
-        let (service, stats, version_header, shadow) = match &target {
-            Target::Service(service) => (service, &service.stats, &service.version_header, None),
+        let (service, stats, version_header, role, shadow) = match &target {
+            Target::Service(service) => (service, &service.stats, &service.version_header, None, None),
             Target::Endpoint(endpoint) => {
                 let (version, shadow) = self.choose(endpoint, request)?;
-                (&version.service, &version.stats, &version.version_header, shadow)
+                (&version.service, &version.stats, &version.version_header, Some(version.role), shadow)
             }
         };
         Ok(Decision {
             service: service.clone(),
             stats: stats.clone(),
             version_header: version_header.clone(),
-            endpoint: matches!(target, Target::Endpoint(_)),
+            endpoint: match &target {
+                Target::Endpoint(e) => Some(e.clone()),
+                Target::Service(_) => None,
+            },
+            role,
             shadow: shadow.map(|s| (s.service.clone(), s.stats.clone())),
             rest: route.rest.to_owned(),
             rewrite_model: route.rewrite_model,
@@ -227,10 +275,11 @@ impl Gateway {
         self: &Arc<Self>,
         decision: Decision,
         request: &Head,
+        request_id: &[u8],
         body: Bytes,
         started: Instant,
     ) -> Outcome {
-        let out = Arc::new(Outgoing::new(request, decision.rest, decision.rewrite_model, body));
+        let out = Arc::new(Outgoing::new(request, request_id, decision.rest, decision.rewrite_model, body));
         if let Some((service, stats)) = decision.shadow {
             self.mirror(service, stats, out.clone());
         }
@@ -244,7 +293,7 @@ impl Gateway {
             Ok(answer) => Outcome::Answer(answer, decision.version_header),
             Err(e) => {
                 self.metrics.refused(e.reason());
-                Outcome::Failed(e, decision.endpoint.then_some(decision.version_header))
+                Outcome::Failed(e, decision.endpoint.is_some().then_some(decision.version_header))
             }
         }
     }

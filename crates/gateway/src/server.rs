@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use http::HeaderValue;
 use sluice_http1::server::{Connection, Handler};
-use sluice_http1::{Error as WireError, Head};
+use sluice_http1::{Error as WireError, Framing, Head};
+use sluice_telemetry::ACCESS_TARGET;
+use sluice_telemetry::request_id::{HEADER as REQUEST_ID, Id};
 
 use crate::Gateway;
 use crate::error::GatewayError;
-use crate::proxy::Outcome;
+use crate::proxy::{Outcome, RouteLabels};
 use sluice_routing::VERSION_HEADER;
 
 /// Serves the gateway on `listener` until `shutdown` resolves; requests in flight are answered
@@ -63,15 +65,86 @@ impl Handler for Front {
     }
 }
 
-/// Handles one request; returns whether the connection stays open.
+/// Handles one request, then writes its access log line; returns whether the connection stays
+/// open.
 async fn exchange(gw: &Arc<Gateway>, c: &mut Connection, request: &Head, keep_alive: bool) -> bool {
+    let started = Instant::now();
+    let id = Id::of(request.header(REQUEST_ID));
+    // Checked per request, so a filter change (or a subscriber that drops the target) costs
+    // nothing more than this when the line is not wanted.
+    let log = gw.settings.access_log && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO);
+    let mut access = Access { status: CALLER_GONE, bytes_in: 0, bytes_out: 0, route: None, log };
+    let keep = answer(gw, c, request, keep_alive, &id, &mut access).await;
+    if log {
+        access.write(c, request, &id, started);
+    }
+    keep
+}
+
+/// Status logged for a request whose caller went away before it was answered (nginx's 499).
+const CALLER_GONE: u16 = 499;
+
+/// What the access log says of one request, filled in as it is handled.
+struct Access {
+    status: u16,
+    bytes_in: usize,
+    bytes_out: usize,
+    /// Where it went; only taken when the line is written.
+    route: Option<RouteLabels>,
+    log: bool,
+}
+
+impl Access {
+    /// The request's line, at INFO under [`ACCESS_TARGET`]. Never a credential: no header value
+    /// but the request id is logged, and the query string is left out.
+    fn write(&self, c: &Connection, request: &Head, id: &Id<'_>, started: Instant) {
+        let path = request.target().split('?').next().unwrap_or_default();
+        let route = self.route.as_ref();
+        tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = id.as_str(),
+            method = request.method(),
+            path,
+            endpoint = route.and_then(RouteLabels::endpoint),
+            version = route.and_then(RouteLabels::version),
+            role = route.map(RouteLabels::role),
+            service = route.map(RouteLabels::service),
+            status = self.status,
+            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            bytes_in = self.bytes_in as u64,
+            bytes_out = self.bytes_out as u64,
+            caller = c.peer_addr().map(tracing::field::display),
+            "request"
+        );
+    }
+}
+
+/// The body length a skipped body declared (a chunked one is not counted).
+fn declared(request: &Head) -> usize {
+    match request.framing {
+        Framing::Length(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        _ => 0,
+    }
+}
+
+/// Handles one request; returns whether the connection stays open.
+async fn answer(
+    gw: &Arc<Gateway>,
+    c: &mut Connection,
+    request: &Head,
+    keep_alive: bool,
+    id: &Id<'_>,
+    access: &mut Access,
+) -> bool {
     let started = Instant::now();
     let to_head = request.method() == "HEAD";
     let path = request.target().split('?').next().unwrap_or_default();
     let limit = gw.settings.max_body_bytes;
+    let id = id.as_bytes();
     if let Some(reply) = gw.local(request.method(), path) {
         let keep_alive = keep_alive && c.skip_body(request, limit).await;
-        return respond(c, &reply, to_head, keep_alive).await && keep_alive;
+        access.bytes_in = declared(request);
+        return respond(c, &reply, id, to_head, keep_alive, access).await && keep_alive;
     }
     let refuse = |e: GatewayError| {
         gw.metrics.refused(e.reason());
@@ -81,9 +154,13 @@ async fn exchange(gw: &Arc<Gateway>, c: &mut Connection, request: &Head, keep_al
         Ok(d) => d,
         Err(e) => {
             let keep_alive = keep_alive && c.skip_body(request, limit).await;
-            return respond(c, &refuse(e), to_head, keep_alive).await && keep_alive;
+            access.bytes_in = declared(request);
+            return respond(c, &refuse(e), id, to_head, keep_alive, access).await && keep_alive;
         }
     };
+    if access.log {
+        access.route = Some(decision.labels());
+    }
     let body = match c.read_body(request, limit).await {
         Ok(body) => body,
         Err(e) => {
@@ -95,20 +172,21 @@ async fn exchange(gw: &Arc<Gateway>, c: &mut Connection, request: &Head, keep_al
                 e if e.is_timeout() => GatewayError::RequestTimeout(e.to_string()),
                 _ => return false,
             };
-            let _ = respond(c, &refuse(e), to_head, false).await;
+            let _ = respond(c, &refuse(e), id, to_head, false, access).await;
             return false;
         }
     };
+    access.bytes_in = body.len();
     // A caller that hangs up cancels the forward, which closes the replica connection, so the
     // replica can drop the request before it costs compute.
-    let Some(outcome) = c.unless_gone(gw.dispatch(decision, request, body, started)).await else {
+    let Some(outcome) = c.unless_gone(gw.dispatch(decision, request, id, body, started)).await else {
         return false;
     };
     let reply = match outcome {
         Outcome::Answer(answer, version) => Reply::Forwarded { answer, version },
         Outcome::Failed(e, version) => Reply::error(&e, version),
     };
-    respond(c, &reply, to_head, keep_alive).await && keep_alive
+    respond(c, &reply, id, to_head, keep_alive, access).await && keep_alive
 }
 
 /// An answer to the caller.
@@ -138,10 +216,18 @@ impl Reply {
 }
 
 /// Response headers a replica sets that the gateway replaces.
-const NOT_RETURNED: [&str; 2] = ["content-length", VERSION_HEADER];
+const NOT_RETURNED: [&str; 3] = ["content-length", VERSION_HEADER, REQUEST_ID];
 
-/// Writes `reply`; `false` when the caller's connection failed.
-async fn respond(c: &mut Connection, reply: &Reply, to_head: bool, keep_alive: bool) -> bool {
+/// Writes `reply` with the request's id, noting its status and size in `access`; `false` when
+/// the caller's connection failed.
+async fn respond(
+    c: &mut Connection,
+    reply: &Reply,
+    request_id: &[u8],
+    to_head: bool,
+    keep_alive: bool,
+    access: &mut Access,
+) -> bool {
     let out = &mut c.head;
     out.clear();
     let body: bytes::Bytes = match reply {
@@ -177,12 +263,19 @@ async fn respond(c: &mut Connection, reply: &Reply, to_head: bool, keep_alive: b
             body.clone()
         }
     };
+    sluice_http1::push_header(out, REQUEST_ID, request_id);
     if !keep_alive {
         sluice_http1::push_header(out, "connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
     let body = if to_head { bytes::Bytes::new() } else { body };
-    c.send(&body).await
+    access.status = match reply {
+        Reply::Forwarded { answer, .. } => answer.head.status,
+        Reply::Own { status, .. } => *status,
+    };
+    let sent = c.send(&body).await;
+    access.bytes_out = if sent { body.len() } else { 0 };
+    sent
 }
 
 // === impl Gateway ===

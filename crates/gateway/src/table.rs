@@ -162,6 +162,8 @@ pub struct VersionTarget {
     pub version_header: HeaderValue,
     /// Labelled with the version's role at the time the table was built.
     pub stats: Arc<RouteStats>,
+    /// The version's role in this table, for the access log.
+    pub role: Role,
 }
 
 /// An endpoint as the data plane sees it.
@@ -284,8 +286,8 @@ impl RouteTable {
                     Role::Treatment
                 };
                 let stats = metrics.endpoint(&e.name, &v.name, role.as_str());
-                versions
-                    .insert(v.name.clone(), VersionTarget { service, version_header: header_value(&v.name), stats });
+                let version = VersionTarget { service, version_header: header_value(&v.name), stats, role };
+                versions.insert(v.name.clone(), version);
             }
             endpoints.insert(
                 e.name.clone(),

@@ -122,6 +122,16 @@ impl Connection {
         }
     }
 
+    /// The caller's address; `None` over a Unix socket (or when the socket cannot say). One
+    /// system call: ask only when it is needed (an access log line).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.stream {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.get_ref().0.peer_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
+
     /// Writes [`Connection::head`] (which must end with the blank line) then `body`; `false`
     /// when the connection failed.
     pub async fn send(&mut self, body: &[u8]) -> bool {

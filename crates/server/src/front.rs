@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use sluice_http1::Head;
 use sluice_http1::server::{Connection, Handler};
+use sluice_telemetry::request_id::{HEADER as REQUEST_ID, Id};
 
 use crate::error::ApiError;
 use crate::reply::Reply;
@@ -66,13 +67,15 @@ impl Handler for Front {
         let work = crate::answer(&self.state, request.method(), request.target(), header_length, body);
         // A caller that hangs up drops the request, and the model's queue skips it.
         let Some(reply) = c.unless_gone(work).await else { return false };
-        respond(c, &reply, to_head, keep_alive).await && keep_alive
+        let id = Id::of(request.header(REQUEST_ID));
+        respond(c, &reply, id.as_bytes(), to_head, keep_alive).await && keep_alive
     }
 }
 
-/// Writes `reply`; `false` when the connection failed. A HEAD answer declares the length a GET
-/// would have had, without the body.
-async fn respond(c: &mut Connection, reply: &Reply, to_head: bool, keep_alive: bool) -> bool {
+/// Writes `reply` with the request's id (the caller's, as a gateway sends it, or a new one);
+/// `false` when the connection failed. A HEAD answer declares the length a GET would have had,
+/// without the body.
+async fn respond(c: &mut Connection, reply: &Reply, request_id: &[u8], to_head: bool, keep_alive: bool) -> bool {
     let out = &mut c.head;
     sluice_http1::push_status_line(out, reply.status);
     sluice_http1::push_date(out);
@@ -80,6 +83,7 @@ async fn respond(c: &mut Connection, reply: &Reply, to_head: bool, keep_alive: b
     for (name, value) in &reply.headers {
         sluice_http1::push_header(out, name, value.as_bytes());
     }
+    sluice_http1::push_header(out, REQUEST_ID, request_id);
     sluice_http1::push_content_length(out, reply.body.len());
     if !keep_alive {
         sluice_http1::push_header(out, "connection", b"close");

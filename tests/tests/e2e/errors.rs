@@ -95,3 +95,25 @@ async fn body_over_the_limit_is_413() {
     let small = input(json!([1, 64]), "FP32", json!(vec![0.5_f32; 64]));
     assert_eq!(server.post_json("/v2/models/mlp-small/infer", &small).await.0, 200);
 }
+
+/// The scoring server answers every request, errors included, with `x-request-id`: the caller's
+/// (a gateway's) when sane, else a new one.
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let server = TestServer::bundled(&["mlp-small"]).await;
+    let id_of = |r: &reqwest::Response| r.headers().get("x-request-id").map(|v| v.to_str().expect("ascii").to_owned());
+    let infer = server.url("/v2/models/mlp-small/infer");
+    let ok =
+        server.client.post(&infer).header("x-request-id", "gw-42").json(&v2_request(&expected("mlp-small"))).send();
+    let ok = ok.await.expect("infer");
+    assert_eq!((ok.status().as_u16(), id_of(&ok).as_deref()), (200, Some("gw-42")));
+    let bad = server.client.post(&infer).header("x-request-id", "gw-43").body("{").send().await.expect("infer");
+    assert_eq!((bad.status().as_u16(), id_of(&bad).as_deref()), (400, Some("gw-43")));
+    for (path, status) in [("/v2/models/nope", 404), ("/v2/health/ready", 200)] {
+        let r = server.client.get(server.url(path)).header("x-request-id", "bad id").send().await.expect("get");
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let id = id_of(&r).unwrap_or_default();
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{path}: {id}");
+    }
+    server.stop().await;
+}
