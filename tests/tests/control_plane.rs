@@ -26,9 +26,18 @@ struct Control {
 
 impl Control {
     fn start() -> Control {
+        Control::start_logging("warn")
+    }
+
+    /// A control plane (and its replicas) logging at `level` (`SLUICE_LOG`).
+    fn start_logging(level: &str) -> Control {
         let home = tempfile::tempdir().expect("tempdir");
         run_ok(sluice(home.path()).args(["model", "register", "mlp-small"]).arg(model_path("mlp-small")));
-        let server = Control::process(home.path(), 0);
+        let server = Server::start({
+            let mut c = Control::command(home.path(), 0);
+            c.env("SLUICE_LOG", level);
+            c
+        });
         let port = server.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("control port");
         let token = std::fs::read_to_string(home.path().join("control/admin-token")).expect("admin token");
         Control {
@@ -42,15 +51,17 @@ impl Control {
     }
 
     fn process(home: &Path, port: u16) -> Server {
-        Server::start({
-            let mut c = sluice(home);
-            c.args(["control", "--control-port", &port.to_string(), "--stop-grace-seconds", "2"]);
-            // More handler threads than this machine has cores, so that concurrent admin
-            // requests really overlap inside the control plane (with one worker per core, on a
-            // small machine, two handlers seldom run at the same moment).
-            c.env("TOKIO_WORKER_THREADS", "16");
-            c
-        })
+        Server::start(Control::command(home, port))
+    }
+
+    fn command(home: &Path, port: u16) -> std::process::Command {
+        let mut c = sluice(home);
+        c.args(["control", "--control-port", &port.to_string(), "--stop-grace-seconds", "2"]);
+        // More handler threads than this machine has cores, so that concurrent admin
+        // requests really overlap inside the control plane (with one worker per core, on a
+        // small machine, two handlers seldom run at the same moment).
+        c.env("TOKIO_WORKER_THREADS", "16");
+        c
     }
 
     /// SIGKILL, then a new control plane on the same port with the same data directory.
@@ -507,4 +518,45 @@ async fn concurrent_admin_writes_survive_a_crash_consistent() {
     // Once more: what it serves survives another crash unchanged.
     control.crash_and_restart();
     assert_eq!(control.get("/v1/endpoints").await, endpoints);
+}
+
+/// Deployment-config settings that the local target does not act on are named when the service
+/// is created or updated and in `service show` (table and JSON), each with its reason; and the
+/// replica logs the control plane keeps are plain text without terminal colour codes.
+#[tokio::test]
+async fn settings_without_effect_are_named_and_replica_logs_carry_no_colour_codes() {
+    let control = Control::start_logging("info");
+    let home = control.home.path();
+    let config = json!({ "num_replicas": 1, "cpu_cores": 0.5, "memory_gb": 1, "collect_model_data": true });
+    let body = json!({ "name": "r", "models": ["mlp-small"], "deploy_config": config });
+    let (status, created) = control.send(Method::POST, "/v1/services", Some(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    let fields = |shown: &Value| -> Vec<String> {
+        let ignored = shown["ignored_settings"].as_array().expect("ignored_settings");
+        assert!(ignored.iter().all(|i| i["reason"].as_str().is_some_and(|r| !r.is_empty())), "{shown}");
+        ignored.iter().map(|i| i["field"].as_str().expect("field").to_owned()).collect()
+    };
+    assert_eq!(fields(&created), ["cpu_cores", "memory_gb", "collect_model_data"]);
+    control.wait_healthy("r").await;
+
+    let table = run_ok(sluice(home).args(["service", "show", "r"]));
+    assert!(
+        table.contains("ignored settings") && table.contains("cpu_cores: local replicas are plain processes"),
+        "{table}"
+    );
+    let shown: Value =
+        serde_json::from_str(&run_ok(sluice(home).args(["service", "show", "r", "--output", "json"]))).expect("json");
+    assert_eq!(fields(&shown), ["cpu_cores", "memory_gb", "collect_model_data"]);
+
+    let logs = run_ok(sluice(home).args(["service", "logs", "r", "--replica", "0"]));
+    assert!(logs.contains("model loaded"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "colour codes in a replica log: {logs:?}");
+
+    // An update says it too, on stderr, as the CLI prints it.
+    let file = home.join("autoscale.json");
+    std::fs::write(&file, r#"{"autoscale_enabled": true, "autoscale_max_replicas": 4}"#).expect("write");
+    let out = sluice(home).args(["service", "update", "r", "--deploy-config"]).arg(&file).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("autoscale_max_replicas has no effect here: autoscaling is not acted on yet"), "{stderr}");
 }

@@ -279,6 +279,13 @@ async fn wait_ready(client: &AdminClient, name: &str) -> anyhow::Result<ServiceS
     }
 }
 
+/// Names, on stderr, the deployment-config settings the service's target does not act on.
+fn warn_ignored(s: &ServiceStatus) {
+    for i in &s.ignored_settings {
+        eprintln!("warning: service {}: {} has no effect here: {}", s.name, i.field, i.reason);
+    }
+}
+
 fn print_service(s: &ServiceStatus) {
     println!("name:        {}", s.name);
     println!("models:      {}", s.models.join(", "));
@@ -287,6 +294,12 @@ fn print_service(s: &ServiceStatus) {
     println!("generation:  {}", s.generation);
     println!("scoring:     {} (on the gateway)", s.scoring_path);
     println!("replicas:    {} desired", s.desired_replicas);
+    if !s.ignored_settings.is_empty() {
+        println!("ignored settings (no effect on this target):");
+        for i in &s.ignored_settings {
+            println!("  {}: {}", i.field, i.reason);
+        }
+    }
     for r in &s.replicas {
         println!(
             "  [{}] {} pid={} addr={} restarts={}{}",
@@ -332,6 +345,7 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                     inference_config: read_opt(&inference_config)?,
                 };
                 let mut status: ServiceStatus = api.send(Method::POST, "/v1/services", Some(&request)).await?;
+                warn_ignored(&status);
                 if wait {
                     status = wait_ready(&api, &name).await?;
                 }
@@ -419,6 +433,7 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                 }
                 let status: ServiceStatus =
                     api.send(Method::PATCH, &format!("/v1/services/{name}"), Some(&request)).await?;
+                warn_ignored(&status);
                 println!("service {name}: generation {} rolling out", status.generation);
                 if wait {
                     let status = wait_ready(&api, &name).await?;

@@ -82,9 +82,20 @@ pub struct ServiceStatus {
     pub scoring_path: String,
     pub generation: u64,
     pub deploy_config: serde_json::Value,
+    /// Settings of `deploy_config` that have no effect on this target, each with why: named so
+    /// that nothing is accepted silently.
+    #[serde(default)]
+    pub ignored_settings: Vec<IgnoredSetting>,
     pub inference_config: Option<serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A deployment-config field that is accepted but does nothing where the service runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoredSetting {
+    pub field: String,
+    pub reason: String,
 }
 
 /// How callers of a service or endpoint authenticate.

@@ -6,7 +6,9 @@ use std::time::Duration;
 use sluice_core::DeploymentConfig;
 use sluice_registry::{ModelRef, Registry};
 
-use crate::model::{AuthMode, CreateService, Keys, LogChunk, ServiceSpec, ServiceState, ServiceStatus, UpdateService};
+use crate::model::{
+    AuthMode, CreateService, IgnoredSetting, Keys, LogChunk, ServiceSpec, ServiceState, ServiceStatus, UpdateService,
+};
 use crate::store::{Reads, Txn};
 use crate::supervisor::{Group, Plan, Probe, read_log_from};
 use crate::{ControlError, ControlPlane, ServiceRuntime, check_name, lock, timestamp};
@@ -21,6 +23,16 @@ pub(crate) fn auth_mode(deploy_config: &serde_json::Value) -> AuthMode {
     } else {
         AuthMode::Key
     }
+}
+
+/// The settings of a stored deployment config that the local target does not act on.
+fn ignored_on_local(deploy_config: &serde_json::Value) -> Vec<IgnoredSetting> {
+    let Ok(config) = serde_json::from_value::<DeploymentConfig>(deploy_config.clone()) else { return Vec::new() };
+    config
+        .without_effect_on_local()
+        .into_iter()
+        .map(|n| IgnoredSetting { field: n.field.to_owned(), reason: n.reason })
+        .collect()
 }
 
 /// A deployment config, checked, with explicit keys taken out: keys live in the credentials table
@@ -357,6 +369,7 @@ impl ControlPlane {
         };
         ServiceStatus {
             scoring_path: format!("/services/{}/score", spec.name),
+            ignored_settings: ignored_on_local(&spec.deploy_config),
             auth: auth_mode(&spec.deploy_config),
             name: spec.name,
             models: spec.models,

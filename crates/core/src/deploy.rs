@@ -87,6 +87,80 @@ impl DeploymentConfig {
     }
 }
 
+/// A setting that is accepted but does nothing where the service runs, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoEffect {
+    /// The field's name in the file.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl DeploymentConfig {
+    /// The settings given in this file that have no effect on the local target (replicas as
+    /// processes on this host), so that they are named to the operator instead of accepted
+    /// silently. Every other field acts there: replica counts, admission and timeouts, auth and
+    /// keys, probe period/timeout/failure threshold, batching, instances, threads, device (and
+    /// `gpu_cores` above 0, which picks `cuda:0`).
+    pub fn without_effect_on_local(&self) -> Vec<NoEffect> {
+        let mut out = Vec::new();
+        let mut note = |given: bool, field: &'static str, reason: &str| {
+            if given {
+                out.push(NoEffect { field, reason: reason.to_owned() });
+            }
+        };
+        note(
+            self.compute_type.is_some(),
+            "computeType",
+            "accepted for compatibility; Sluice runs the service on the target it was started with",
+        );
+        let resources = "local replicas are plain processes: no CPU or memory is reserved or limited for them";
+        note(self.cpu_cores.is_some(), "cpu_cores", resources);
+        note(self.cpu_cores_limit.is_some(), "cpu_cores_limit", resources);
+        note(self.memory_gb.is_some(), "memory_gb", resources);
+        note(self.memory_gb_limit.is_some(), "memory_gb_limit", resources);
+        note(
+            self.gpu_cores.is_some_and(|n| n > 1),
+            "gpu_cores",
+            "only whether it is above 0 counts locally: models run on one GPU (cuda:0, or `device`)",
+        );
+        // --- Autoscaling: not acted on yet on the local target. Remove this block when the
+        // autoscaler drives local replicas (issue 15, item 1).
+        if self.autoscale_enabled == Some(true) {
+            let min = self.autoscale_min_replicas.unwrap_or(1).max(1);
+            let reason = format!(
+                "autoscaling is not acted on yet on the local target: the service runs a fixed \
+                 autoscale_min_replicas ({min}) replicas"
+            );
+            note(true, "autoscale_enabled", &reason);
+            note(self.autoscale_max_replicas.is_some(), "autoscale_max_replicas", &reason);
+            note(self.autoscale_target_utilization.is_some(), "autoscale_target_utilization", &reason);
+            note(self.autoscale_refresh_seconds.is_some(), "autoscale_refresh_seconds", &reason);
+        }
+        // --- End of autoscaling.
+        note(
+            self.collect_model_data == Some(true),
+            "collect_model_data",
+            "model data collection is not implemented yet: no inputs or predictions are kept",
+        );
+        note(
+            self.enable_app_insights == Some(true),
+            "enable_app_insights",
+            "Application Insights is not supported; nothing is exported",
+        );
+        note(
+            self.initial_delay_seconds.is_some(),
+            "initial_delay_seconds",
+            "local replicas are probed from the moment they report ready, not after a delay",
+        );
+        note(
+            self.success_threshold.is_some(),
+            "success_threshold",
+            "a local replica is back in rotation after one successful probe",
+        );
+        out
+    }
+}
+
 /// A deployment configuration that cannot be deployed; the message names the fields.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid deployment config: {0}")]
@@ -232,6 +306,26 @@ mod tests {
             let err = DeploymentConfig::from_json(json).expect_err(json).to_string();
             assert!(err.contains(needle), "{json}: expected '{needle}' in '{err}'");
         }
+    }
+
+    #[test]
+    fn settings_without_effect_on_the_local_target_are_named() {
+        let config = DeploymentConfig::from_json(
+            r#"{"cpu_cores": 0.5, "memory_gb": 1, "num_replicas": 2, "scoring_timeout_ms": 2000,
+                "collect_model_data": true, "enable_app_insights": false, "gpu_cores": 1}"#,
+        )
+        .expect("valid");
+        let named: Vec<_> = config.without_effect_on_local().iter().map(|n| n.field).collect();
+        assert_eq!(named, ["cpu_cores", "memory_gb", "collect_model_data"]);
+        let autoscaled = DeploymentConfig::from_json(
+            r#"{"autoscale_enabled": true, "autoscale_min_replicas": 2, "autoscale_max_replicas": 5}"#,
+        )
+        .expect("valid");
+        let ignored = autoscaled.without_effect_on_local();
+        let named: Vec<_> = ignored.iter().map(|n| n.field).collect();
+        assert_eq!(named, ["autoscale_enabled", "autoscale_max_replicas"]);
+        assert!(ignored[0].reason.contains("autoscale_min_replicas (2)"), "{ignored:?}");
+        assert!(DeploymentConfig::default().without_effect_on_local().is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod signature;
 mod tensor;
 
 pub use backend::{Backend, BackendError, BackendInfo, Device};
-pub use deploy::{DeployConfigError, DeploymentConfig, DeviceFallback};
+pub use deploy::{DeployConfigError, DeploymentConfig, DeviceFallback, NoEffect};
 pub use dtype::DataType;
 pub use signature::{ModelSignature, TensorSpec, ValidationError};
 pub use tensor::{Tensor, TensorData, TensorError};
