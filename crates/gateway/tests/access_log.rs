@@ -16,6 +16,11 @@ use tokio::net::TcpListener;
 
 const KEY: &str = "access-log-key-0123456789abcdef-SECRET";
 
+/// The tests here run one at a time: they capture logs with a thread's own subscriber, and
+/// tracing caches whether a log site is enabled across threads, so a test running beside another
+/// (with another subscriber, or none) can see its access lines filtered away.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Answers with the `x-request-id` it received.
 async fn echo_id(request: Request) -> axum::Json<Value> {
     let id = request.headers().get("x-request-id").map(|v| v.to_str().unwrap_or("?").to_owned());
@@ -115,6 +120,7 @@ fn id_of(response: &reqwest::Response) -> String {
 
 #[tokio::test]
 async fn every_answer_carries_a_request_id_that_the_replica_saw_too() {
+    let _serial = SERIAL.lock().await;
     let gw = start(true).await;
     let client = reqwest::Client::new();
     let url = format!("http://{gw}/services/s/v2/models/m/infer");
@@ -145,6 +151,7 @@ async fn every_answer_carries_a_request_id_that_the_replica_saw_too() {
 
 #[tokio::test]
 async fn one_access_line_per_request_says_where_it_went_and_never_the_credential() {
+    let _serial = SERIAL.lock().await;
     let (captured, _guard) = capture();
     let gw = start(true).await;
     let client = reqwest::Client::new();
@@ -193,6 +200,7 @@ async fn one_access_line_per_request_says_where_it_went_and_never_the_credential
 
 #[tokio::test]
 async fn the_access_log_can_be_turned_off() {
+    let _serial = SERIAL.lock().await;
     let (captured, _guard) = capture();
     let gw = start(false).await;
     let r = send(&reqwest::Client::new(), format!("http://{gw}/services/s/v2/models/m/infer"), None).await;
