@@ -20,6 +20,15 @@ pub fn sluice_bin() -> PathBuf {
             return PathBuf::from(bin);
         }
         let mut build = Command::new(env!("CARGO"));
+        // Without the variables cargo set for this test process: a build script that reruns when
+        // one of them changes (ring's does, for CARGO_MANIFEST_DIR) would otherwise rebuild it
+        // and everything above it on every test binary's first call.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_") || CARGO_TEST_VARIABLES.contains(&name.as_ref()) {
+                build.env_remove(name.as_ref());
+            }
+        }
         build
             .args(["build", "-p", "sluice-cli", "--bin", "sluice", "--message-format=json-render-diagnostics"])
             .current_dir(workspace())
@@ -41,6 +50,17 @@ pub fn sluice_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// What cargo sets for a running test besides `CARGO_PKG_*`.
+const CARGO_TEST_VARIABLES: [&str; 7] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "OUT_DIR",
+];
 
 /// `sluice` with a data directory, the test ONNX Runtime, and quiet logs.
 pub fn sluice(home: &Path) -> Command {
