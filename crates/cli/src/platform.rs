@@ -222,13 +222,14 @@ pub fn control(home: &Path, args: ControlCmdArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let runtime = tokio_runtime(None)?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal();
         let (cp, addr) = start_control(home, &args.control, args.front_door.limits()?).await?;
         println!(
             "sluice: control plane on http://{addr} (data in {}; admin credential in {})",
             home.display(),
             sluice_control::admin_token_path(home).display()
         );
-        shutdown_signal().await;
+        shutdown.await;
         cp.shutdown().await;
         eprintln!("sluice: stopped");
         Ok(())
@@ -249,13 +250,14 @@ pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
     // serves on its own threads.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal();
         watch_tls(&settings);
         let base = |addr| gateway_url(&settings, addr);
         let gateway = Gateway::new(settings.clone());
         let server = GatewayThreads::start(&args.host, args.port, threads, gateway.clone()).await?;
         tokio::spawn(sluice_gateway::follow_control(gateway, ControlSource { url: url.clone(), token }));
         println!("sluice: gateway on {}, following the control plane at {url}", base(server.addr));
-        shutdown_signal().await;
+        shutdown.await;
         server.stop().await?;
         eprintln!("sluice: stopped");
         Ok(())
@@ -397,8 +399,10 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Installed before the banner, so a caller that stops `up` as soon as it reads it drains.
+        let shutdown = shutdown_signal();
         println!("{}", banner(home, &gateway_url(&gateway_settings, addr), control_addr, &models));
-        shutdown_signal().await;
+        shutdown.await;
         server.stop().await?;
         cp.shutdown().await;
         eprintln!("sluice: stopped");

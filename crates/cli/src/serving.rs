@@ -182,22 +182,31 @@ pub(crate) fn tokio_runtime(threads: Option<usize>) -> anyhow::Result<tokio::run
     Ok(builder.enable_all().thread_name("sluice-http").build()?)
 }
 
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
+/// Resolves on Ctrl-C or SIGTERM. Both handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM that arrives between a server's first answer and that poll
+/// (another worker thread can answer first) would otherwise kill the process instead of draining
+/// it. Call it inside the runtime, before the server can answer anything.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! {
+            () = received(interrupt.as_mut()) => {}
+            () = received(term.as_mut()) => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        eprintln!("sluice: shutting down; finishing in-flight requests");
     }
-    eprintln!("sluice: shutting down; finishing in-flight requests");
+}
+
+/// The next delivery of `signal`; never, when its handler could not be installed.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Checks the settings, binds, loads, prints `banner(addr)` and serves until Ctrl-C or SIGTERM.
@@ -221,10 +230,14 @@ fn run_server(
         Some(path) => Some(runtime.block_on(async { sluice_http1::stream::bind_unix(path) })?),
         None => None,
     };
+    let shutdown = {
+        let _runtime = runtime.enter();
+        shutdown_signal()
+    };
     let repository = prepared.load()?;
     let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes, limits });
     println!("{}", banner(addr, &state.repository));
-    let served = runtime.block_on(sluice_server::serve(listener, unix, state, shutdown_signal()));
+    let served = runtime.block_on(sluice_server::serve(listener, unix, state, shutdown));
     if let Some(path) = unix_socket {
         let _ = std::fs::remove_file(path);
     }
