@@ -263,7 +263,27 @@ impl ModelHandle {
 
     /// Runs one request: `inputs` in signature order, `outputs` as indices into the signature.
     pub async fn infer(&self, inputs: Vec<Tensor>, outputs: Vec<usize>) -> Result<InferOutcome, InferError> {
-        let permit = self.admit().await?;
+        let admission = self.admit().await?;
+        self.infer_admitted(admission, inputs, outputs).await
+    }
+
+    /// Takes one of the model's admission slots (`max_concurrent_requests`), waiting at most
+    /// `max_request_wait` behind at most `max_queued_requests` others, else
+    /// [`InferError::Overloaded`]. A server admits a request before decoding its body, so that
+    /// under overload the excess is refused before it costs the CPU a decode takes from the
+    /// requests being served.
+    pub async fn admit(&self) -> Result<Admission, InferError> {
+        self.admit_permit().await.map(Admission)
+    }
+
+    /// Runs a request that holds `admission`; see [`ModelHandle::infer`].
+    pub async fn infer_admitted(
+        &self,
+        admission: Admission,
+        inputs: Vec<Tensor>,
+        outputs: Vec<usize>,
+    ) -> Result<InferOutcome, InferError> {
+        let permit = admission.0;
         let admitted_at = Instant::now();
         match &self.executor {
             Executor::Inline { idle, free } => {
@@ -323,7 +343,7 @@ impl ModelHandle {
         Ok(InferOutcome { outputs, queue_time, inference_time })
     }
 
-    async fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
+    async fn admit_permit(&self) -> Result<OwnedSemaphorePermit, InferError> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -343,6 +363,10 @@ impl ModelHandle {
         }
     }
 }
+
+/// One admission slot of a model, held from before a request is decoded until its answer.
+#[derive(Debug)]
+pub struct Admission(OwnedSemaphorePermit);
 
 struct DecrementOnDrop<'a>(&'a AtomicUsize);
 

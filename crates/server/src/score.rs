@@ -47,6 +47,8 @@ fn tensor(spec: &TensorSpec, raw: &RawValue) -> Result<Tensor, ApiError> {
 }
 
 async fn score_on(model: &ModelHandle, body: &Bytes) -> Result<Reply, ApiError> {
+    // Admitted before the body is decoded, as OIP infer requests are.
+    let admission = model.admit().await?;
     let request: ScoreRequest<'_> =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed request JSON: {e}")))?;
     let signature = model.signature();
@@ -81,7 +83,7 @@ async fn score_on(model: &ModelHandle, body: &Bytes) -> Result<Reply, ApiError> 
     let names = request.outputs.unwrap_or_default();
     let picked =
         signature.select_outputs(names.iter().map(String::as_str)).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let outcome = model.infer(inputs, picked).await?;
+    let outcome = model.infer_admitted(admission, inputs, picked).await?;
     let response = ScoreResponse {
         model_name: model.name(),
         model_version: model.version(),

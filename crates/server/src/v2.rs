@@ -156,6 +156,8 @@ fn encode(model: &ModelHandle, id: Option<&str>, outputs: &[Tensor], binary: &[b
 }
 
 async fn infer_on(model: &ModelHandle, header_length: Option<&[u8]>, body: &Bytes) -> Result<Reply, ApiError> {
+    // Admitted before the body is decoded: an overloaded model refuses for the price of a check.
+    let admission = model.admit().await?;
     let request = decode(header_length, body)?;
     let signature = model.signature();
     let inputs = signature.order_inputs(request.inputs).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -169,7 +171,7 @@ async fn infer_on(model: &ModelHandle, header_length: Option<&[u8]>, body: &Byte
             request.outputs.iter().find(|(n, _)| n == name).and_then(|(_, b)| *b).unwrap_or(request.binary_by_default)
         })
         .collect();
-    let outcome = model.infer(inputs, picked).await?;
+    let outcome = model.infer_admitted(admission, inputs, picked).await?;
     encode(model, request.id.as_deref(), &outcome.outputs, &binary)
 }
 

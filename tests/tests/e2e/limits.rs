@@ -57,6 +57,49 @@ async fn overload_gets_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn an_overloaded_model_refuses_before_it_decodes() {
+    let config = ModelConfig {
+        instance_count: 1,
+        max_concurrent_requests: 1,
+        max_queued_requests: 0,
+        scoring_timeout: Duration::from_secs(30),
+        ..test_config()
+    };
+    let model = load("mlp-large", "1", &model_path("mlp-large"), config);
+    let server = TestServer::start(vec![model], ServerConfig::default()).await;
+    let slow = tokio::spawn(large_request(&server, 4096).send());
+    // While the only slot is taken, even a body that could not be decoded is refused with 503:
+    // the excess costs an admission check, not a decode.
+    let mut overloaded = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !slow.is_finished() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let r = server.client.post(server.url("/v2/models/mlp-large/infer")).body("{not json").send().await;
+        match r.expect("response").status().as_u16() {
+            503 => {
+                overloaded = true;
+                break;
+            }
+            status => assert_eq!(status, 400),
+        }
+    }
+    assert!(overloaded, "a request beyond the limit was decoded instead of refused");
+    assert_eq!(slow.await.expect("task").expect("response").status(), 200);
+    // Once idle (the worker gives the slot back just after the answer), the same body is decoded
+    // and refused for what it is.
+    let mut status = 0;
+    for _ in 0..100 {
+        let r = server.client.post(server.url("/v2/models/mlp-large/infer")).body("{not json").send().await;
+        status = r.expect("response").status().as_u16();
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
 async fn slow_inference_gets_504_and_the_server_recovers() {
     let config = ModelConfig { instance_count: 1, scoring_timeout: Duration::from_millis(20), ..test_config() };
     let model = load("mlp-large", "1", &model_path("mlp-large"), config);
