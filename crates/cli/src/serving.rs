@@ -39,10 +39,10 @@ pub struct TuningArgs {
     #[arg(long, env = "SLUICE_INTRA_OP_THREADS", default_value_t = 1)]
     pub intra_op_threads: usize,
     /// Requests admitted per model at once (Azure ML: replica_max_concurrent_requests).
-    #[arg(long, env = "SLUICE_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_REQUESTS", default_value_t = sluice_core::DEFAULT_MAX_CONCURRENT_REQUESTS)]
     pub max_concurrent_requests: usize,
     /// Requests that may wait for admission per model; beyond this they get 503 at once.
-    #[arg(long, env = "SLUICE_MAX_QUEUED_REQUESTS", default_value_t = 256)]
+    #[arg(long, env = "SLUICE_MAX_QUEUED_REQUESTS", default_value_t = sluice_core::DEFAULT_MAX_QUEUED_REQUESTS)]
     pub max_queued_requests: usize,
     /// Milliseconds a request waits for admission before 503 (Azure ML: max_request_wait_time).
     #[arg(long, env = "SLUICE_MAX_REQUEST_WAIT_MS", default_value_t = 500)]

@@ -249,7 +249,8 @@ impl ControlPlane {
             let replicas = runtimes.get(&spec.name).map(|rt| rt.current.ready_addresses()).unwrap_or_default();
             let models = spec.models.iter().map(|m| m.split(':').next().unwrap_or(m).to_owned()).collect();
             let auth = policy("service", &spec.name, services::auth_mode(&spec.deploy_config))?;
-            services.push(ServiceRoute { name: spec.name, models, replicas, auth });
+            let replica_capacity = services::replica_capacity(&spec);
+            services.push(ServiceRoute { name: spec.name, models, replicas, auth, replica_capacity });
         }
         let mut endpoints = Vec::new();
         for spec in store.endpoints()? {

@@ -15,6 +15,28 @@ use crate::{ControlError, ControlPlane, ServiceRuntime, check_name, lock, timest
 
 /// Auth mode of a service from its (checked) deployment config: key auth unless turned off or
 /// replaced by token auth, as in Azure ML.
+/// Requests one replica of `spec` holds at once, admitted or waiting, summed over its models: the
+/// same settings the replica applies (its model config over its deployment config over the
+/// defaults), so a gateway can refuse what the replica would refuse without sending it.
+pub(crate) fn replica_capacity(spec: &crate::model::ServiceSpec) -> Option<u32> {
+    let setting = |model: &str, name: &str| {
+        let own = spec.inference_config.as_ref().and_then(|c| c.get(model)).and_then(|m| m.get(name));
+        own.or_else(|| spec.deploy_config.get(name)).and_then(serde_json::Value::as_u64)
+    };
+    let total: u64 = spec
+        .models
+        .iter()
+        .map(|m| m.split(':').next().unwrap_or(m))
+        .map(|m| {
+            let admitted = setting(m, "replica_max_concurrent_requests")
+                .unwrap_or(sluice_core::DEFAULT_MAX_CONCURRENT_REQUESTS as u64);
+            let waiting = setting(m, "max_queued_requests").unwrap_or(sluice_core::DEFAULT_MAX_QUEUED_REQUESTS as u64);
+            admitted.saturating_add(waiting)
+        })
+        .sum();
+    u32::try_from(total).ok().filter(|&n| n > 0)
+}
+
 pub(crate) fn auth_mode(deploy_config: &serde_json::Value) -> AuthMode {
     if deploy_config.get("token_auth_enabled").and_then(|v| v.as_bool()) == Some(true) {
         AuthMode::Token
@@ -413,5 +435,36 @@ impl ControlPlane {
                 LogChunk { replica: r.index, offset, text }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::replica_capacity;
+    use crate::model::ServiceSpec;
+
+    fn spec(models: &[&str], deploy: serde_json::Value, inference: Option<serde_json::Value>) -> ServiceSpec {
+        ServiceSpec {
+            name: "s".into(),
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            deploy_config: deploy,
+            inference_config: inference,
+            generation: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_replicas_capacity_is_what_it_admits_and_lets_wait() {
+        let defaults = (sluice_core::DEFAULT_MAX_CONCURRENT_REQUESTS + sluice_core::DEFAULT_MAX_QUEUED_REQUESTS) as u32;
+        assert_eq!(replica_capacity(&spec(&["a:1"], json!({}), None)), Some(defaults));
+        let deploy = json!({ "replica_max_concurrent_requests": 4 });
+        let per_model = json!({ "a": { "max_queued_requests": 0 }, "b": { "replica_max_concurrent_requests": 2 } });
+        // a: 4 admitted (deployment config) + 0 waiting (its own); b: 2 + the default wait.
+        let want = 4 + 2 + sluice_core::DEFAULT_MAX_QUEUED_REQUESTS as u32;
+        assert_eq!(replica_capacity(&spec(&["a:1", "b:3"], deploy, Some(per_model))), Some(want));
     }
 }

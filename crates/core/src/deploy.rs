@@ -5,6 +5,14 @@
 
 use serde::Deserialize;
 
+// The defaults of the two admission settings live here, so the replica that applies them and the
+// control plane that tells gateways what a replica can hold agree.
+
+/// Requests a model admits at once when nothing sets `replica_max_concurrent_requests`.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
+/// Requests that may wait for admission when nothing sets `max_queued_requests`.
+pub const DEFAULT_MAX_QUEUED_REQUESTS: usize = 256;
+
 /// A deployment configuration file. Unknown fields are refused so that a typo cannot silently
 /// fall back to a default.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

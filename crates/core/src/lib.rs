@@ -11,7 +11,10 @@ mod signature;
 mod tensor;
 
 pub use backend::{Backend, BackendError, BackendInfo, Device};
-pub use deploy::{DeployConfigError, DeploymentConfig, DeviceFallback, NoEffect};
+pub use deploy::{
+    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_REQUESTS, DeployConfigError, DeploymentConfig, DeviceFallback,
+    NoEffect,
+};
 pub use dtype::DataType;
 pub use signature::{ModelSignature, TensorSpec, ValidationError};
 pub use tensor::{Tensor, TensorData, TensorError};

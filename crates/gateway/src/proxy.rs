@@ -15,7 +15,7 @@ use sluice_telemetry::request_id::HEADER as REQUEST_ID;
 use crate::Gateway;
 use crate::error::GatewayError;
 use crate::metrics::RouteStats;
-use crate::table::{EndpointTarget, RouteTable, ServiceTarget, Target, VersionTarget, millis_since};
+use crate::table::{Choice, EndpointTarget, RouteTable, ServiceTarget, Target, VersionTarget, millis_since};
 use crate::upstream::Answer;
 
 /// Headers the replica must not see besides the hop-by-hop ones: the caller's credential, the
@@ -393,14 +393,27 @@ impl Gateway {
         let mut last_error = None;
         loop {
             let now = millis_since(self.clock);
-            let Some((index, replica)) = service.pool.choose(now, tried) else {
-                return Err(match last_error {
-                    None => GatewayError::Unavailable(format!("service '{}' has no ready replica", service.name)),
-                    Some(source) => GatewayError::Upstream { service: service.name.clone(), source },
-                });
+            let (index, replica) = match service.pool.choose(now, tried) {
+                Choice::Replica(index, replica) => (index, replica),
+                // Refused here rather than sent to be refused: under overload the replica's CPU
+                // goes to the requests it admitted, not to turning others away.
+                Choice::Full if last_error.is_none() => {
+                    return Err(GatewayError::Unavailable(format!(
+                        "every replica of service '{}' holds as many requests as it can take ({} each)",
+                        service.name,
+                        service.pool.capacity.unwrap_or_default()
+                    )));
+                }
+                Choice::Full | Choice::Exhausted => {
+                    return Err(match last_error {
+                        None => GatewayError::Unavailable(format!("service '{}' has no ready replica", service.name)),
+                        Some(source) => GatewayError::Upstream { service: service.name.clone(), source },
+                    });
+                }
             };
             tried |= 1 << index;
             let head = out.head_for(&replica.addr, &path);
+            let _in_flight = replica.enter();
             let sent = crate::upstream::send(&replica.addr, &head, &out.body, to_head, MAX_RESPONSE_BYTES, poll);
             match tokio::time::timeout(self.settings.upstream_timeout, sent).await {
                 Err(_) => {

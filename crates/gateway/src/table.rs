@@ -32,6 +32,8 @@ pub struct Replica {
     ejections: AtomicU32,
     /// Milliseconds since the gateway's clock origin before which the replica is skipped.
     ejected_until_ms: AtomicU64,
+    /// Requests this gateway has sent it that are not answered yet.
+    in_flight: AtomicU32,
 }
 
 impl Replica {
@@ -41,7 +43,18 @@ impl Replica {
             consecutive_errors: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// Counts a request sent to the replica until the returned guard is dropped.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    fn has_room(&self, capacity: Option<u32>) -> bool {
+        capacity.is_none_or(|c| self.in_flight.load(Ordering::Relaxed) < c)
     }
 
     fn ejected(&self, now_ms: u64) -> bool {
@@ -83,6 +96,16 @@ impl Replica {
     }
 }
 
+/// A request in flight to a replica; it stops counting when dropped, whether it was answered,
+/// failed or was given up.
+pub struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Replicas by address, reused from one table to the next.
 #[derive(Debug, Default)]
 pub struct ReplicaSet {
@@ -107,33 +130,48 @@ impl ReplicaSet {
     }
 }
 
-/// The replicas of one service, picked round-robin, skipping ejected ones.
+/// The replicas of one service, picked round-robin, skipping ejected ones and ones at capacity.
 #[derive(Debug)]
 pub struct Pool {
     replicas: Vec<Arc<Replica>>,
     next: AtomicUsize,
+    /// Requests one replica holds at once (see `ServiceRoute::replica_capacity`).
+    pub capacity: Option<u32>,
+}
+
+/// What [`Pool::choose`] found.
+pub enum Choice<'a> {
+    Replica(usize, &'a Arc<Replica>),
+    /// Every replica not yet tried holds as many requests as it can take.
+    Full,
+    /// Every replica has been tried (or there is none).
+    Exhausted,
 }
 
 impl Pool {
-    /// The next replica not yet `tried` (a bit per index), preferring ones not ejected. `None` when
-    /// every replica has been tried.
-    pub fn choose(&self, now_ms: u64, tried: u64) -> Option<(usize, &Arc<Replica>)> {
+    /// The next replica not yet `tried` (a bit per index) with room for a request, preferring
+    /// ones not ejected.
+    pub fn choose(&self, now_ms: u64, tried: u64) -> Choice<'_> {
         let n = self.replicas.len().min(64);
-        if n == 0 {
-            return None;
-        }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let untried = (0..n).map(|i| (start + i) % n).filter(|i| tried & (1 << i) == 0);
-        let mut fallback = None;
+        let untried = (0..n).map(|i| (start + i) % n.max(1)).filter(|i| tried & (1 << i) == 0);
+        let (mut fallback, mut full) = (None, false);
         for i in untried {
             let r = &self.replicas[i];
-            if !r.ejected(now_ms) {
-                return Some((i, r));
+            if !r.has_room(self.capacity) {
+                full = true;
+            } else if !r.ejected(now_ms) {
+                return Choice::Replica(i, r);
+            } else {
+                fallback.get_or_insert((i, r));
             }
-            fallback.get_or_insert((i, r));
         }
-        // Every untried replica is ejected: trying one beats refusing the request.
-        fallback
+        // Every untried replica with room is ejected: trying one beats refusing the request.
+        match (fallback, full) {
+            (Some((i, r)), _) => Choice::Replica(i, r),
+            (None, true) => Choice::Full,
+            (None, false) => Choice::Exhausted,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -254,8 +292,11 @@ impl RouteTable {
         for s in &config.services {
             note_keys(&s.auth);
             live_addrs.extend(s.replicas.iter().map(String::as_str));
-            let pool =
-                Pool { replicas: s.replicas.iter().map(|a| replicas.get(a)).collect(), next: AtomicUsize::new(0) };
+            let pool = Pool {
+                replicas: s.replicas.iter().map(|a| replicas.get(a)).collect(),
+                next: AtomicUsize::new(0),
+                capacity: s.replica_capacity,
+            };
             let target = ServiceTarget {
                 name: s.name.clone(),
                 sole_model: (s.models.len() == 1).then(|| s.models[0].clone()),

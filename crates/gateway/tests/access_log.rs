@@ -69,6 +69,7 @@ async fn start(access_log: bool) -> SocketAddr {
             models: vec!["m".into()],
             replicas: vec![replica],
             auth: auth.clone(),
+            replica_capacity: None,
         }],
         endpoints: vec![EndpointRoute {
             name: "e".into(),

@@ -108,6 +108,7 @@ async fn start() -> Fixture {
         models: vec!["m".into()],
         replicas: vec![replica_addr.to_string()],
         auth,
+        replica_capacity: None,
     };
     let digest = KeyDigest::of(KEY);
     let config = GatewayConfig {
@@ -401,7 +402,13 @@ async fn scripted_replica(answer: &'static [u8], received: std::sync::Arc<std::s
 /// A gateway with one open service `pair` in front of `replicas`.
 async fn gateway_for(replicas: Vec<String>) -> SocketAddr {
     let gateway = Gateway::new(GatewaySettings { seed: 7, ..GatewaySettings::default() });
-    let service = ServiceRoute { name: "pair".into(), models: vec!["m".into()], replicas, auth: AuthPolicy::None };
+    let service = ServiceRoute {
+        name: "pair".into(),
+        models: vec!["m".into()],
+        replicas,
+        auth: AuthPolicy::None,
+        replica_capacity: None,
+    };
     gateway
         .apply(&GatewayConfig { generation: 1, services: vec![service], ..GatewayConfig::default() })
         .expect("config");
@@ -550,7 +557,13 @@ async fn gateway_with(settings: GatewaySettings, replicas: Vec<String>) -> (Sock
 }
 
 fn one_service(generation: u64, replicas: Vec<String>) -> GatewayConfig {
-    let service = ServiceRoute { name: "s".into(), models: vec!["m".into()], replicas, auth: AuthPolicy::None };
+    let service = ServiceRoute {
+        name: "s".into(),
+        models: vec!["m".into()],
+        replicas,
+        auth: AuthPolicy::None,
+        replica_capacity: None,
+    };
     GatewayConfig { generation, services: vec![service], ..GatewayConfig::default() }
 }
 
@@ -683,4 +696,37 @@ async fn the_gateway_serves_https_and_follows_a_renewed_certificate() {
     }
     // A client that trusts only the old certificate is refused now.
     assert!(over_tls(gateway, &[first], request).await.is_err());
+}
+
+#[tokio::test]
+async fn requests_beyond_a_replicas_capacity_are_refused_at_the_gateway() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind replica");
+    let replica_addr = listener.local_addr().expect("addr").to_string();
+    let _stop = replica(listener);
+    let gateway = Gateway::new(GatewaySettings::default());
+    let mut config = one_service(1, vec![replica_addr]);
+    config.services[0].replica_capacity = Some(2);
+    gateway.apply(&config).expect("config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+    let gw = listener.local_addr().expect("addr");
+    tokio::spawn(sluice_gateway::serve(listener, gateway, std::future::pending()));
+    let client = reqwest::Client::new();
+    // Three at once to a replica that holds two and answers in 400 ms: the third is refused by
+    // the gateway at once, without reaching the replica.
+    let url = format!("http://{gw}/services/s/v2/models/m/slow");
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all((0..3).map(|_| async {
+        let r = client.post(&url).send().await.expect("send");
+        let status = r.status().as_u16();
+        (status, r.text().await.expect("body"), started.elapsed())
+    }))
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _, _)| *s).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503], "{answers:?}");
+    let (_, body, took) = answers.iter().find(|(s, _, _)| *s == 503).expect("a 503");
+    assert!(body.contains("as many requests as it can take"), "{body}");
+    assert!(*took < Duration::from_millis(400), "refused at once, not after the replica: {took:?}");
+    // With the two answered, there is room again.
+    assert_eq!(client.post(&url).send().await.expect("send").status(), 200);
 }

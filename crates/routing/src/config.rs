@@ -28,6 +28,11 @@ pub struct ServiceRoute {
     /// `host:port` of each ready replica.
     pub replicas: Vec<String>,
     pub auth: AuthPolicy,
+    /// Requests one replica holds at once, admitted or waiting for admission (summed over its
+    /// models); a gateway refuses more with 503 itself rather than send them to be refused.
+    /// `None`: no limit at the gateway.
+    #[serde(default)]
+    pub replica_capacity: Option<u32>,
 }
 
 /// How callers prove who they are.

@@ -84,8 +84,8 @@ impl ModelConfig {
             instance_count: cores,
             execution: Execution::Threads,
             batching: Some(BatchConfig::default()),
-            max_concurrent_requests: 64,
-            max_queued_requests: 256,
+            max_concurrent_requests: sluice_core::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_queued_requests: sluice_core::DEFAULT_MAX_QUEUED_REQUESTS,
             max_request_wait: Duration::from_millis(500),
             scoring_timeout: Duration::from_secs(60),
         }

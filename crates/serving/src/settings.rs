@@ -38,8 +38,8 @@ impl Default for Defaults {
             max_queue_delay_us: 0,
             preferred_batch_sizes: Vec::new(),
             intra_op_threads: 1,
-            max_concurrent_requests: 64,
-            max_queued_requests: 256,
+            max_concurrent_requests: sluice_core::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_queued_requests: sluice_core::DEFAULT_MAX_QUEUED_REQUESTS,
             max_request_wait_ms: 500,
             scoring_timeout_ms: 60_000,
         }
