@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Overload soak (issue 14): one replica of mlp-large behind the gateway, driven at ten times the
-# connections it admits for a minute. What it shows: the excess is refused with 503 quickly,
+# Overload soak (issue 14): one replica of mlp-large behind the gateway, offered ten times the
+# requests per second it serves for a minute. What it shows: the excess is refused with 503 quickly,
 # the gateway's and the replica's memory stay bounded, and the requests that are admitted keep
 # their latency (p99 within 2x of the same requests at the admission limit without excess).
 #
@@ -11,7 +11,9 @@
 # from crates/http1/examples/status_load.rs (latency kept apart by status):
 #   unloaded   1 connection, DUR s
 #   at limit   LIMIT connections (= replica_max_concurrent_requests), DUR s
-#   overload   10 x LIMIT connections, SOAK s; the RSS of the gateway and the replica sampled every s
+#   overload   ten times the requests per second served at the limit, offered on a schedule
+#              (not as fast as answers come, which would offer more the cheaper a refusal is) over
+#              20 x LIMIT connections, SOAK s; the RSS of the gateway and the replica sampled every s
 # The replica admits LIMIT requests and lets QUEUE more wait at most WAIT_MS for a slot; the rest
 # get 503 at once (Azure ML's replica_max_concurrent_requests and max_request_wait_time, and
 # Sluice's max_queued_requests in the service's inference config).
@@ -83,8 +85,8 @@ done
 REPLICA_PID=$("$SLUICE" service show soak --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"][0]["pid"])')
 rss() { awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$1/status"; }
 
-run() { # name connections seconds
-  "$LOAD" "127.0.0.1:$GW_PORT" "$URL_PATH" "$BODY" "$2" "$3" > "$WORK/$1.json"
+run() { # name connections seconds [rate]
+  "$LOAD" "127.0.0.1:$GW_PORT" "$URL_PATH" "$BODY" "$2" "$3" ${4:-} > "$WORK/$1.json"
 }
 log "warm-up"
 run warmup "$LIMIT" 3
@@ -93,10 +95,11 @@ log "unloaded: 1 connection, ${DUR}s"
 run unloaded 1 "$DUR"
 log "at the limit: $LIMIT connections, ${DUR}s"
 run at_limit "$LIMIT" "$DUR"
-log "overload: $((LIMIT * 10)) connections, ${SOAK}s"
+CAPACITY=$(python3 -c "import json,sys; p=json.load(open(sys.argv[1])); print(int(p['status'].get('200',{'count':0})['count']/p['seconds']))" "$WORK/at_limit.json")
+log "overload: $((CAPACITY * 10)) requests/s (10x the $CAPACITY/s served at the limit) over $((LIMIT * 20)) connections, ${SOAK}s"
 ( while kill -0 "$GW_PID" 2> /dev/null; do echo "$(rss "$GW_PID") $(rss "$REPLICA_PID")"; sleep 1; done ) > "$WORK/rss.txt" &
 SAMPLER=$!
-run overload $((LIMIT * 10)) "$SOAK"
+run overload $((LIMIT * 20)) "$SOAK" $((CAPACITY * 10))
 kill "$SAMPLER" 2> /dev/null || true
 RSS1_GW=$(rss "$GW_PID") RSS1_REPLICA=$(rss "$REPLICA_PID")
 

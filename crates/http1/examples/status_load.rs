@@ -3,8 +3,12 @@
 //! under overload the quick 503s would hide how long admitted requests took.
 //!
 //! ```text
-//! cargo run --release -p sluice-http1 --example status_load -- ADDR PATH BODY_FILE CONNECTIONS SECONDS
+//! cargo run --release -p sluice-http1 --example status_load -- ADDR PATH BODY_FILE CONNECTIONS SECONDS [RATE]
 //! ```
+//!
+//! With RATE (requests per second over all connections), each connection sends on a schedule of
+//! RATE / CONNECTIONS per second instead of as fast as answers come, catching up when behind, so
+//! the offered load does not grow when refusals get cheaper.
 //!
 //! Prints one JSON line: per status, the count and p50/p90/p99/max latency in microseconds, plus
 //! the requests per second and connection errors.
@@ -17,7 +21,13 @@ use tokio::net::TcpStream;
 
 /// Sends `request` over and over on one keep-alive connection until `end`; returns each answer's
 /// (status, microseconds) and the number of connection failures (each followed by a reconnect).
-async fn connection(addr: String, request: Vec<u8>, end: Instant) -> (Vec<(u16, u32)>, u64) {
+async fn connection(
+    addr: String,
+    request: Vec<u8>,
+    end: Instant,
+    interval: Option<Duration>,
+) -> (Vec<(u16, u32)>, u64) {
+    let mut next_send = Instant::now();
     let mut seen = Vec::new();
     let mut failures = 0;
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -29,6 +39,12 @@ async fn connection(addr: String, request: Vec<u8>, end: Instant) -> (Vec<(u16, 
         };
         let _ = stream.set_nodelay(true);
         while Instant::now() < end {
+            if let Some(interval) = interval {
+                if next_send > Instant::now() {
+                    tokio::time::sleep_until(next_send.into()).await;
+                }
+                next_send += interval;
+            }
             let started = Instant::now();
             if stream.write_all(&request).await.is_err() {
                 failures += 1;
@@ -78,9 +94,13 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, addr, path, body_file, connections, seconds] = args.as_slice() else {
-        eprintln!("usage: status_load ADDR PATH BODY_FILE CONNECTIONS SECONDS");
-        std::process::exit(64);
+    let (addr, path, body_file, connections, seconds, rate) = match args.as_slice() {
+        [_, a, p, b, c, s] => (a, p, b, c, s, None),
+        [_, a, p, b, c, s, r] => (a, p, b, c, s, Some(r.parse::<f64>().expect("rate"))),
+        _ => {
+            eprintln!("usage: status_load ADDR PATH BODY_FILE CONNECTIONS SECONDS [RATE]");
+            std::process::exit(64);
+        }
     };
     let body = std::fs::read(body_file).expect("body file");
     let connections: usize = connections.parse().expect("connections");
@@ -93,8 +113,9 @@ async fn main() {
     request.extend_from_slice(&body);
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(seconds);
+    let interval = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(connections as f64 / r));
     let tasks: Vec<_> =
-        (0..connections).map(|_| tokio::spawn(connection(addr.clone(), request.clone(), end))).collect();
+        (0..connections).map(|_| tokio::spawn(connection(addr.clone(), request.clone(), end, interval))).collect();
     let mut by_status: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
     let mut failures = 0;
     for t in tasks {
@@ -124,6 +145,7 @@ async fn main() {
         "{}",
         serde_json::json!({
             "connections": connections,
+            "rate": rate,
             "seconds": elapsed,
             "rps": total as f64 / elapsed,
             "connection_failures": failures,

@@ -532,7 +532,7 @@ impl Worker {
         match result.map(|outputs| batch::split(outputs, &rows)) {
             Ok(Some(per_request)) => {
                 for ((job, outputs), queue_time) in batch.into_iter().zip(per_request).zip(queue_times) {
-                    let _ = job.reply.send(Ok(InferOutcome { outputs, queue_time, inference_time }));
+                    job.answer(Ok(InferOutcome { outputs, queue_time, inference_time }));
                 }
             }
             Ok(None) => {
@@ -550,7 +550,17 @@ impl Worker {
         let queue_time = job.admitted_at.elapsed();
         let (result, inference_time) = run_backend(self.backend.as_mut(), &job.inputs, &job.outputs);
         self.metrics.record_run([queue_time], inference_time, batch::rows(&job.inputs));
-        let _ = job.reply.send(result.map(|outputs| InferOutcome { outputs, queue_time, inference_time }));
+        job.answer(result.map(|outputs| InferOutcome { outputs, queue_time, inference_time }));
+    }
+}
+
+impl Job {
+    /// Gives the admission slot back, then the answer: a caller that sends its next request as
+    /// soon as it has this answer must find the slot free, not be refused for a moment.
+    fn answer(self, result: Result<InferOutcome, InferError>) {
+        let Job { reply, _permit, .. } = self;
+        drop(_permit);
+        let _ = reply.send(result);
     }
 }
 
