@@ -399,30 +399,16 @@ async fn scripted_replica(answer: &'static [u8], received: std::sync::Arc<std::s
     addr
 }
 
-/// A gateway with one open service `pair` in front of `replicas`.
+/// A gateway with one open service `s` in front of `replicas`.
 async fn gateway_for(replicas: Vec<String>) -> SocketAddr {
-    let gateway = Gateway::new(GatewaySettings { seed: 7, ..GatewaySettings::default() });
-    let service = ServiceRoute {
-        name: "pair".into(),
-        models: vec!["m".into()],
-        replicas,
-        auth: AuthPolicy::None,
-        replica_capacity: None,
-    };
-    gateway
-        .apply(&GatewayConfig { generation: 1, services: vec![service], ..GatewayConfig::default() })
-        .expect("config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(sluice_gateway::serve(listener, gateway, std::future::pending()));
-    addr
+    gateway_with(GatewaySettings { seed: 7, ..GatewaySettings::default() }, replicas).await.0
 }
 
 #[tokio::test]
 async fn a_response_that_broke_off_is_never_resent_but_no_response_is() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let url = |gateway: SocketAddr| format!("http://{gateway}/services/pair/v2/models/m/infer");
+    let url = |gateway: SocketAddr| format!("http://{gateway}/services/s/v2/models/m/infer");
     let client = reqwest::Client::new();
 
     // Both replicas start an answer and break it off: the first one's failure is the caller's.
