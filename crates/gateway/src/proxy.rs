@@ -417,7 +417,7 @@ impl Gateway {
             let sent = crate::upstream::send(&replica.addr, &head, &out.body, to_head, MAX_RESPONSE_BYTES, poll);
             match tokio::time::timeout(self.settings.upstream_timeout, sent).await {
                 Err(_) => {
-                    if replica.errored(millis_since(self.clock)) {
+                    if replica.errored(now) {
                         self.ejected(service, replica, "did not answer in time");
                     }
                     return Err(GatewayError::UpstreamTimeout {
@@ -428,7 +428,7 @@ impl Gateway {
                 Ok(Ok(answer)) => {
                     match answer.head.status {
                         500 | 502 | 504 => {
-                            if replica.errored(millis_since(self.clock)) {
+                            if replica.errored(now) {
                                 self.ejected(service, replica, "answered with errors in a row");
                             }
                         }

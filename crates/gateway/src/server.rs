@@ -74,7 +74,7 @@ async fn exchange(gw: &Arc<Gateway>, c: &mut Connection, request: &Head, keep_al
     // nothing more than this when the line is not wanted.
     let log = gw.settings.access_log && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO);
     let mut access = Access { status: CALLER_GONE, bytes_in: 0, bytes_out: 0, route: None, log };
-    let keep = answer(gw, c, request, keep_alive, &id, &mut access).await;
+    let keep = answer(gw, c, request, keep_alive, &id, &mut access, started).await;
     if log {
         access.write(c, request, &id, started);
     }
@@ -135,8 +135,8 @@ async fn answer(
     keep_alive: bool,
     id: &Id<'_>,
     access: &mut Access,
+    started: Instant,
 ) -> bool {
-    let started = Instant::now();
     let to_head = request.method() == "HEAD";
     let path = request.target().split('?').next().unwrap_or_default();
     let limit = gw.settings.max_body_bytes;

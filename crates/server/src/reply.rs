@@ -29,11 +29,6 @@ impl Reply {
     pub fn encoded_json(body: Vec<u8>) -> Reply {
         Reply { status: 200, content_type: JSON, headers: Vec::new(), body }
     }
-
-    /// The header `name`, when this answer has it.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
 }
 
 pub(crate) const JSON: &str = "application/json";

@@ -157,11 +157,6 @@ pub fn load(config: ServeConfig) -> Result<Repository, ServingError> {
 }
 
 impl Prepared {
-    /// The models about to be loaded, with the settings each will run with.
-    pub fn models(&self) -> impl Iterator<Item = (&ModelSource, &LoadPlan)> {
-        self.models.iter().map(|(s, p)| (s, p))
-    }
-
     /// Starts every model and returns the repository to serve. A model that fails to load is
     /// logged and answered with 503 naming the reason, while the others serve; if none loads,
     /// this fails with every reason.
