@@ -3,7 +3,11 @@
 
 - the control plane on the gateway, the HTTP/1.1 layer or any engine;
 - the gateway on the model side (core, runtime, a backend) or any engine;
-- the routing crate on anything with I/O.
+- the routing crate on anything with I/O;
+- the gRPC translation layer (sluice-grpc) on the model side or the gateway, which both use it;
+- the control plane on a deploy target's client (kube, the Docker target): targets plug in from
+  the binary through `sluice_control::target::ReplicaTarget`;
+- a deploy target on the model side, the gateway or any engine.
 
 Edges are read from `cargo metadata` (normal dependencies, followed transitively, all features on)
 so an indirect path through another crate counts too.
@@ -14,10 +18,17 @@ import sys
 
 ENGINES = {"sluice-backend-ort", "sluice-backend-torch", "sluice-backend-plugin", "ort", "tch", "libloading"}
 FORBIDDEN = {
-    "sluice-control": ENGINES | {"sluice-gateway", "sluice-http1", "sluice-server", "sluice-runtime", "sluice-serving"},
+    "sluice-control": ENGINES
+    | {"sluice-gateway", "sluice-http1", "sluice-server", "sluice-runtime", "sluice-serving"}
+    | {"kube", "k8s-openapi", "sluice-target-kubernetes", "sluice-target-docker"},
     "sluice-gateway": ENGINES | {"sluice-core", "sluice-runtime", "sluice-server", "sluice-serving", "sluice-control"},
     "sluice-routing": ENGINES | {"tokio", "reqwest", "sluice-http1", "sluice-gateway", "sluice-control"},
+    # The OIP gRPC translation layer: both the scoring server and the gateway plug into it.
+    "sluice-grpc": ENGINES
+    | {"sluice-core", "sluice-runtime", "sluice-server", "sluice-serving", "sluice-gateway", "sluice-control"},
 }
+for target in ("sluice-target-kubernetes", "sluice-target-docker"):
+    FORBIDDEN[target] = ENGINES | {"sluice-gateway", "sluice-server", "sluice-runtime", "sluice-serving"}
 
 meta = json.loads(
     subprocess.run(

@@ -54,8 +54,11 @@ done
 # SLUICE_PORT would point the commands elsewhere), except the ONNX Runtime library.
 for v in $(compgen -e | grep '^SLUICE_' || true); do [ "$v" = SLUICE_ORT_LIB ] || unset "$v"; done
 export SLUICE_LOG=warn
-if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1" ]; then
-  export SLUICE_ORT_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1
+# The library the tests provisioned (target/test-runtime), for the version sluice pins.
+ORT_VERSION=$(sed -n 's/^pub const ORT_VERSION: &str = "\(.*\)";/\1/p' "$ROOT/crates/backend-ort/src/provision.rs")
+ORT_TEST_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSION
+if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ORT_TEST_LIB" ]; then
+  export SLUICE_ORT_LIB=$ORT_TEST_LIB
 fi
 # Without SLUICE_ORT_LIB the replicas provision ONNX Runtime into the fresh home on first start.
 

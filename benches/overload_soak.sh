@@ -17,13 +17,27 @@
 # The replica admits LIMIT requests and lets QUEUE more wait at most WAIT_MS for a slot; the rest
 # get 503 at once (Azure ML's replica_max_concurrent_requests and max_request_wait_time, and
 # Sluice's max_queued_requests in the service's inference config).
-# Knobs: DUR (15) SOAK (60) LIMIT (4) QUEUE (0) WAIT_MS (5) NO_APPEND=1
+# Cores: with PIN=1 (the default on a machine with 2 or more cores) the replica has a core of its
+# own (its control plane runs under taskset on the last core, and the replica inherits it), as a
+# replica pod with a CPU request has on Kubernetes; the gateway and the load generator share the
+# other cores. PIN=0 lets all three compete for every core, as runs before 2026-12-03T15 did.
+# LIMIT is 1 by default: the replica has one core and runs one request at a time on it (also the
+# reference product's default replica_max_concurrent_requests). With LIMIT 4 the four admitted
+# requests share that core, and the p99 at the limit, with no excess at all, is already 2x the
+# one-caller p99 (benches/RESULTS.md, 2026-12-03); LIMIT=4 runs that comparison.
+# Knobs: DUR (15) SOAK (60) LIMIT (1) QUEUE (0) WAIT_MS (5) PIN NO_APPEND=1
 #        GW_PORT (18500) CONTROL_PORT (18501)
 # Everything listens on 127.0.0.1; every process started here is stopped by its pid on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DUR=${DUR:-15} SOAK=${SOAK:-60} LIMIT=${LIMIT:-4} QUEUE=${QUEUE:-0} WAIT_MS=${WAIT_MS:-5}
+DUR=${DUR:-15} SOAK=${SOAK:-60} LIMIT=${LIMIT:-1} QUEUE=${QUEUE:-0} WAIT_MS=${WAIT_MS:-5}
 GW_PORT=${GW_PORT:-18500} CONTROL_PORT=${CONTROL_PORT:-18501}
+CORES=$(nproc)
+PIN=${PIN:-$([ "$CORES" -ge 2 ] && echo 1 || echo 0)}
+REPLICA_CPUS=() FRONT_CPUS=()
+if [ "$PIN" = 1 ]; then
+  REPLICA_CPUS=(taskset -c $((CORES - 1))) FRONT_CPUS=(taskset -c 0-$((CORES - 2)))
+fi
 STAMP=$(date -u +%Y-%m-%dT%H%M%S)
 WORK=$ROOT/benches/work/soak/$STAMP
 H=$WORK/home
@@ -35,8 +49,11 @@ log() { echo "[overload_soak] $*" >&2; }
 
 for v in $(compgen -e | grep '^SLUICE_' || true); do [ "$v" = SLUICE_ORT_LIB ] || unset "$v"; done
 export SLUICE_LOG=warn SLUICE_HOME=$H
-if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1" ]; then
-  export SLUICE_ORT_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1
+# The library the tests provisioned (target/test-runtime), for the version sluice pins.
+ORT_VERSION=$(sed -n 's/^pub const ORT_VERSION: &str = "\(.*\)";/\1/p' "$ROOT/crates/backend-ort/src/provision.rs")
+ORT_TEST_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSION
+if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ORT_TEST_LIB" ]; then
+  export SLUICE_ORT_LIB=$ORT_TEST_LIB
 fi
 [ -f "$BODY" ] || BODY=$WORK/body.json
 if [ ! -f "$BODY" ]; then # the shared peer bodies are absent: the same batch-1 request
@@ -66,7 +83,7 @@ log "building sluice and the load generator (release)"
 (cd "$ROOT" && cargo build --release -q -p sluice-cli && cargo build --release -q -p sluice-http1 --example status_load)
 
 "$SLUICE" model register mlp-large "$ROOT/models/mlp-large.onnx" > /dev/null
-"$SLUICE" control --control-port "$CONTROL_PORT" > "$WORK/control.log" 2>&1 &
+"${REPLICA_CPUS[@]}" "$SLUICE" control --control-port "$CONTROL_PORT" > "$WORK/control.log" 2>&1 &
 CONTROL_PID=$!
 for _ in $(seq 1 100); do [ -f "$H/control/url" ] && break; sleep 0.1; done
 cat > "$WORK/deploy.json" << EOF
@@ -75,7 +92,7 @@ EOF
 echo "{\"mlp-large\": {\"max_queued_requests\": $QUEUE}}" > "$WORK/inference.json"
 "$SLUICE" service create soak --model mlp-large --deploy-config "$WORK/deploy.json" \
   --inference-config "$WORK/inference.json" --wait > /dev/null
-"$SLUICE" gateway --port "$GW_PORT" > "$WORK/gateway.log" 2>&1 &
+"${FRONT_CPUS[@]}" "$SLUICE" gateway --port "$GW_PORT" > "$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 URL_PATH=/services/soak/v2/models/mlp-large/infer
 for _ in $(seq 1 100); do
@@ -86,7 +103,7 @@ REPLICA_PID=$("$SLUICE" service show soak --output json | python3 -c 'import jso
 rss() { awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$1/status"; }
 
 run() { # name connections seconds [rate]
-  "$LOAD" "127.0.0.1:$GW_PORT" "$URL_PATH" "$BODY" "$2" "$3" ${4:-} > "$WORK/$1.json"
+  "${FRONT_CPUS[@]}" "$LOAD" "127.0.0.1:$GW_PORT" "$URL_PATH" "$BODY" "$2" "$3" ${4:-} > "$WORK/$1.json"
 }
 log "warm-up"
 run warmup "$LIMIT" 3
@@ -103,8 +120,12 @@ run overload $((LIMIT * 20)) "$SOAK" $((CAPACITY * 10))
 kill "$SAMPLER" 2> /dev/null || true
 RSS1_GW=$(rss "$GW_PID") RSS1_REPLICA=$(rss "$REPLICA_PID")
 
-REPORT=$(python3 - "$WORK" "$LIMIT" "$QUEUE $WAIT_MS" "$RSS0_GW" "$RSS1_GW" "$RSS0_REPLICA" "$RSS1_REPLICA" "$(cd "$ROOT" && git rev-parse --short HEAD)" << 'EOF'
-import json, sys
+case "$PIN" in
+  1) CPUS="replica on core $((CORES - 1)) alone, gateway and load generator on core(s) 0-$((CORES - 2))" ;;
+  *) CPUS="replica, gateway and load generator sharing all $CORES cores" ;;
+esac
+REPORT=$(CPUS=$CPUS python3 - "$WORK" "$LIMIT" "$QUEUE $WAIT_MS" "$RSS0_GW" "$RSS1_GW" "$RSS0_REPLICA" "$RSS1_REPLICA" "$(cd "$ROOT" && git rev-parse --short HEAD)" << 'EOF'
+import json, os, sys
 work, limit, queue_wait, g0, g1, r0, r1, rev = sys.argv[1:]
 queue, wait_ms = queue_wait.split()
 phase = {p: json.load(open(f"{work}/{p}.json")) for p in ("unloaded", "at_limit", "overload")}
@@ -128,7 +149,7 @@ print(f"- offered load in the overload phase: {offered:.0f} answers/s, {offered 
 print(f"- admitted p99 under overload: {ms(p99_over)} ms = {p99_over / p99_limit:.2f}x the p99 at the limit ({ms(p99_limit)} ms), "
       f"{p99_over / p99_idle:.2f}x the unloaded p99 ({ms(p99_idle)} ms); target: at most 2x")
 print(f"- RSS MiB, gateway: {g0} before, peak {peak_g}, {g1} after; replica: {r0} before, peak {peak_r}, {r1} after")
-print(f"- settings: replica_max_concurrent_requests {limit}, max_queued_requests {queue}, max_request_wait_time {wait_ms} ms, one replica, mlp-large batch-1 OIP v2 JSON through the gateway (auth off); build {rev}")
+print(f"- settings: replica_max_concurrent_requests {limit}, max_queued_requests {queue}, max_request_wait_time {wait_ms} ms, one replica, mlp-large batch-1 OIP v2 JSON through the gateway (auth off); {os.environ['CPUS']}; build {rev}")
 EOF
 )
 echo "$REPORT"

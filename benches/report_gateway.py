@@ -83,6 +83,12 @@ def other_cores(r):
     return (r["busy_cpu_s"] - r["proxy_cpu_s"] - r["replica_cpu_s"] - (r["wrk_cpu_s"] or 0)) / r["duration_s"]
 
 
+def ort_version(lib):
+    """The ONNX Runtime version of a library path (libonnxruntime.so.X.Y.Z), else the path as given."""
+    m = re.search(r"libonnxruntime\.so\.(\d+\.\d+\.\d+)", lib)
+    return m.group(1) if m else lib
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else float("nan")
@@ -127,7 +133,7 @@ def cmd_report(raw_path, meta_path):
              "replicas all run on the same %s cores, so every proxy competes with the replica and with wrk for CPU. "
              "Sluice %s built from %s; ONNX Runtime %s; nginx %s; wrk %s." % (
                  meta["cpus"], meta["cpu_model"], meta["cpus"], meta["sluice"].replace("sluice ", ""),
-                 meta["git"], "1.31.1" if "1.31.1" in meta["ort"] else meta["ort"], meta["nginx"], meta["wrk"]))
+                 meta["git"], ort_version(meta["ort"]), meta["nginx"], meta["wrk"]))
     L.append("")
     L.append("Method: `benches/gateway_overhead.sh` (run %s). One control plane, mlp-small deployed as two "
              "one-replica services: mlp-small with key auth (the default) on replica A (%s) and mlp-open with "

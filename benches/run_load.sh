@@ -24,8 +24,11 @@ mkdir -p "$WORK"
 echo "[run_load] building sluice (release)"
 (cd "$ROOT" && cargo build --release -q)
 export SLUICE_HOME=$WORK/home SLUICE_LOG=warn
-if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1" ]; then
-  export SLUICE_ORT_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-1.31.1/libonnxruntime.so.1.31.1
+# The library the tests provisioned (target/test-runtime), for the version sluice pins.
+ORT_VERSION=$(sed -n 's/^pub const ORT_VERSION: &str = "\(.*\)";/\1/p' "$ROOT/crates/backend-ort/src/provision.rs")
+ORT_TEST_LIB=$ROOT/target/test-runtime/runtimes/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSION
+if [ -z "${SLUICE_ORT_LIB:-}" ] && [ -f "$ORT_TEST_LIB" ]; then
+  export SLUICE_ORT_LIB=$ORT_TEST_LIB
 fi
 # `sluice serve` fetches ONNX Runtime into SLUICE_HOME on first use when SLUICE_ORT_LIB is unset.
 SLUICE_CMD="$ROOT/target/release/sluice serve $ROOT/models/mlp-small.onnx $ROOT/models/mlp-large.onnx"

@@ -98,6 +98,13 @@ head = json.dumps({"inputs": [
 blob = struct.pack("<ff", 1.0, -2.0) + struct.pack("<h", -7) + b"\x01\x00"
 oip["binary"] = f"{len(head)}\n".encode() + head.encode() + blob
 oip["binary-short"] = f" {len(head)} \n".encode() + head.encode() + blob[:5]
+# BYTES: JSON strings (with escapes), and the binary form, each element a 4-byte length first.
+oip["strings"] = "\n" + json.dumps({"inputs": [{"name": "s", "shape": [1, 3], "datatype": "BYTES",
+                                                  "data": [["a", "caf\u00e9 \"q\"", ""]]}]}, ensure_ascii=True)
+strings = b"".join(struct.pack("<I", len(x)) + x for x in [b"email", b"", "\u00e9".encode()])
+strings_head = json.dumps({"inputs": [{"name": "s", "shape": [3], "datatype": "BYTES",
+                                       "parameters": {"binary_data_size": len(strings)}}]})
+oip["strings-binary"] = f"{len(strings_head)}\n".encode() + strings_head.encode() + strings
 for name, data in oip.items():
     oip[name] = data if isinstance(data, bytes) else data.encode()
 write("oip_request", oip)

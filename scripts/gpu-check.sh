@@ -4,8 +4,12 @@
 #   scripts/gpu-check.sh prepare [KIT]   # with network: wheels and vendored crates into KIT
 #   scripts/gpu-check.sh run [KIT]       # on a machine with an NVIDIA GPU, offline
 #
-# KIT defaults to target/gpu-kit. `prepare` downloads onnxruntime-gpu 1.31.1 and torch 2.13.0 with
-# their nvidia-* CUDA wheels (several GB) and vendors every crate, so `run` needs no network.
+# KIT defaults to target/gpu-kit. `prepare` downloads onnxruntime-gpu ORT_GPU_VERSION and torch
+# 2.13.0 with their nvidia-* CUDA wheels (several GB) and vendors every crate, so `run` needs no
+# network. ORT_GPU_VERSION defaults to 1.31.1: the CPU library sluice pins is 1.32.0
+# (crates/backend-ort/src/provision.rs), but PyPI has no onnxruntime-gpu 1.32.0 yet (1.31.1 is the
+# newest there); 1.31.x serves the ONNX Runtime API sluice is built for (ort's api-31). Set it to
+# the pinned version once that GPU wheel exists.
 # `run` unpacks the libraries, builds sluice with --features cuda,torch offline, serves the
 # bundled models (mlp-small, mlp-large as ONNX; mlp-small as TorchScript) on cpu and on cuda:0,
 # compares the outputs of the same inputs, measures rows/s at batch 1 and 64 over keep-alive HTTP,
@@ -16,10 +20,11 @@ MODE=${1:-}
 KIT=${2:-$ROOT/target/gpu-kit}
 PY=${SLUICE_PYTHON:-python3}
 ITERS=${ITERS:-200}
+ORT_GPU_VERSION=${ORT_GPU_VERSION:-1.31.1}
 
 prepare() {
   mkdir -p "$KIT/wheels"
-  "$PY" -m pip download --only-binary=:all: -d "$KIT/wheels" onnxruntime-gpu==1.31.1 torch==2.13.0
+  "$PY" -m pip download --only-binary=:all: -d "$KIT/wheels" "onnxruntime-gpu==$ORT_GPU_VERSION" torch==2.13.0
   (cd "$ROOT" && cargo vendor --locked "$KIT/vendor" > "$KIT/cargo-config.toml")
   echo "gpu-check: kit ready in $KIT (copy it with the checkout to the GPU machine)"
 }

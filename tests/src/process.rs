@@ -89,6 +89,8 @@ pub fn run_err(cmd: &mut Command) -> String {
 pub struct Server {
     child: Option<Child>,
     pub url: String,
+    /// The whole line that named the URL (it may name other listeners too).
+    pub line: String,
 }
 
 impl Server {
@@ -97,16 +99,17 @@ impl Server {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
+        let (url, line) = loop {
             let line = lines.next().expect("server printed its address before exiting").expect("line");
-            if let Some(at) = line.find("http://127.0.0.1:") {
+            // `https://` when the server terminates TLS.
+            if let Some(at) = line.find("https://127.0.0.1:").or_else(|| line.find("http://127.0.0.1:")) {
                 let url: String = line[at..].chars().take_while(|c| !c.is_whitespace() && *c != ',').collect();
-                break url;
+                break (url, line);
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child: Some(child), url }
+        Server { child: Some(child), url, line }
     }
 
     pub fn pid(&self) -> u32 {

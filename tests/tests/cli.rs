@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_e2e::{expected, model_path};
+use sluice_e2e::{expected, model_path, workspace};
 
 use sluice_e2e::process::{Server, run_err, run_ok, sluice};
 
@@ -97,7 +97,7 @@ async fn up_registers_once_serves_and_drains_on_sigterm() {
     let body: Value = r.json().await.expect("json");
     assert!(body["outputs"]["score"][0][0].as_f64().is_some(), "{body}");
     // Every bundled model answers with its expected outputs.
-    for name in ["mlp-small", "mlp-large", "tabular-mixed"] {
+    for name in ["mlp-small", "mlp-large", "tabular-mixed", "iris-labels", "ticket-router"] {
         let want = expected(name);
         let r = client
             .post(format!("{}/v2/models/{name}/infer", server.url))
@@ -153,7 +153,11 @@ async fn up_registers_once_serves_and_drains_on_sigterm() {
     let services: Value =
         serde_json::from_str(&run_ok(sluice(home.path()).args(["service", "list", "--output", "json"]))).expect("json");
     let services = services.as_array().expect("array");
-    assert_eq!(services.len(), 4, "one service per bundled model");
+    let bundled = std::fs::read_dir(workspace().join("models"))
+        .expect("the models folder")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "onnx")))
+        .count();
+    assert_eq!(services.len(), bundled, "one service per bundled model");
     assert!(services.iter().all(|s| s["generation"] == 1 && s["state"] == "Healthy"), "{services:?}");
     let (ok, _) = tokio::task::spawn_blocking(move || again.terminate()).await.expect("join");
     assert!(ok);

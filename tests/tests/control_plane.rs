@@ -527,7 +527,7 @@ async fn concurrent_admin_writes_survive_a_crash_consistent() {
 async fn settings_without_effect_are_named_and_replica_logs_carry_no_colour_codes() {
     let control = Control::start_logging("info");
     let home = control.home.path();
-    let config = json!({ "num_replicas": 1, "cpu_cores": 0.5, "memory_gb": 1, "collect_model_data": true });
+    let config = json!({ "num_replicas": 1, "cpu_cores": 0.5, "memory_gb": 1, "success_threshold": 2 });
     let body = json!({ "name": "r", "models": ["mlp-small"], "deploy_config": config });
     let (status, created) = control.send(Method::POST, "/v1/services", Some(&body)).await;
     assert_eq!(status, 201, "{created}");
@@ -536,7 +536,7 @@ async fn settings_without_effect_are_named_and_replica_logs_carry_no_colour_code
         assert!(ignored.iter().all(|i| i["reason"].as_str().is_some_and(|r| !r.is_empty())), "{shown}");
         ignored.iter().map(|i| i["field"].as_str().expect("field").to_owned()).collect()
     };
-    assert_eq!(fields(&created), ["cpu_cores", "memory_gb", "collect_model_data"]);
+    assert_eq!(fields(&created), ["cpu_cores", "memory_gb", "success_threshold"]);
     control.wait_healthy("r").await;
 
     let table = run_ok(sluice(home).args(["service", "show", "r"]));
@@ -546,17 +546,17 @@ async fn settings_without_effect_are_named_and_replica_logs_carry_no_colour_code
     );
     let shown: Value =
         serde_json::from_str(&run_ok(sluice(home).args(["service", "show", "r", "--output", "json"]))).expect("json");
-    assert_eq!(fields(&shown), ["cpu_cores", "memory_gb", "collect_model_data"]);
+    assert_eq!(fields(&shown), ["cpu_cores", "memory_gb", "success_threshold"]);
 
     let logs = run_ok(sluice(home).args(["service", "logs", "r", "--replica", "0"]));
     assert!(logs.contains("model loaded"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "colour codes in a replica log: {logs:?}");
 
     // An update says it too, on stderr, as the CLI prints it.
-    let file = home.join("autoscale.json");
-    std::fs::write(&file, r#"{"autoscale_enabled": true, "autoscale_max_replicas": 4}"#).expect("write");
+    let file = home.join("delay.json");
+    std::fs::write(&file, r#"{"initial_delay_seconds": 30}"#).expect("write");
     let out = sluice(home).args(["service", "update", "r", "--deploy-config"]).arg(&file).output().expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("autoscale_max_replicas has no effect here: autoscaling is not acted on yet"), "{stderr}");
+    assert!(stderr.contains("initial_delay_seconds has no effect here: local replicas are probed"), "{stderr}");
 }

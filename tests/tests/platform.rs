@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sluice_e2e::openapi;
 use sluice_e2e::process::{Server, run_err, run_ok, signal, sluice};
 use sluice_e2e::{assert_outputs_match, expected, model_path, v2_request};
 
@@ -24,11 +25,20 @@ struct Platform {
 
 impl Platform {
     async fn start(gateway_args: &[&str]) -> Platform {
+        Platform::start_with(gateway_args, &[]).await
+    }
+
+    /// With more flags for `sluice control`.
+    async fn start_with(gateway_args: &[&str], control_args: &[&str]) -> Platform {
         let home = tempfile::tempdir().expect("tempdir");
         for model in ["mlp-small", "dtype-echo"] {
             run_ok(sluice(home.path()).args(["model", "register", model]).arg(model_path(model)));
         }
-        let control = Platform::start_control(home.path(), 0);
+        let control = Server::start({
+            let mut c = sluice(home.path());
+            c.args(["control", "--control-port", "0", "--stop-grace-seconds", "5"]).args(control_args);
+            c
+        });
         let control_port: u16 = control.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("control port");
         let gateway = Server::start({
             let mut c = sluice(home.path());
@@ -946,4 +956,296 @@ async fn hostile_requests_leave_the_gateway_and_the_replica_within_their_memory_
     assert!(gateway_after <= gateway_before + 50, "gateway: {gateway_before} -> {gateway_after} MiB");
     assert!(replica_after <= replica_before + 50, "replica: {replica_before} -> {replica_after} MiB");
     p.control.take().expect("control").terminate();
+}
+
+/// `endpoint show` puts each version's traffic side by side, as the gateways counted it, and every
+/// admin command answers JSON with `--output json`, mutating ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_show_compares_versions_from_gateway_counts_and_every_command_speaks_json() {
+    let p = Platform::start(&[]).await;
+    for s in ["a", "b"] {
+        p.service(s, "mlp-small", None).await;
+    }
+    let created = p.json(&["endpoint", "create", "ep", "--version", "control=a", "--control"]);
+    assert_eq!(created["versions"][0]["role"], "control", "{created}");
+    let added = p.json(&["endpoint", "version", "add", "ep", "treat=b", "--traffic", "50"]);
+    assert_eq!(added["versions"].as_array().map(Vec::len), Some(2), "{added}");
+    let key = p.key("ep");
+    let url = format!("{}/endpoints/ep/v2/models/mlp-small/infer", p.gateway_url());
+    let body = v2_request(&expected("mlp-small"));
+    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..200 {
+        let mut req = p.client.post(&url).bearer_auth(&key).json(&body);
+        // A few pinned to a version that does not exist: 404s are not errors of a version.
+        if i % 50 == 0 {
+            req = req.header("x-sluice-version", "treat");
+        }
+        let r = req.send().await.expect("infer");
+        assert_eq!(r.status(), 200);
+        let version = r.headers()["x-sluice-version"].to_str().expect("ascii").to_owned();
+        *sent.entry(version).or_default() += 1;
+    }
+    // The gateway reports every second.
+    let mut shown = Value::Null;
+    p.wait_until("the control plane has the gateway's counts", || {
+        shown = p.json(&["endpoint", "show", "ep"]);
+        let total: u64 = shown["versions"]
+            .as_array()
+            .map_or(0, |vs| vs.iter().filter_map(|v| v["stats"]["requests"].as_u64()).sum());
+        std::future::ready(total == 200)
+    })
+    .await;
+    for v in shown["versions"].as_array().expect("versions") {
+        let name = v["name"].as_str().expect("name");
+        let stats = &v["stats"];
+        assert_eq!(stats["requests"].as_u64(), sent.get(name).copied(), "{name}: {shown}");
+        assert_eq!((stats["errors"].as_u64(), stats["gateways"].as_u64()), (Some(0), Some(1)), "{shown}");
+        let (p50, p99) = (stats["p50_ms"].as_f64().expect("p50"), stats["p99_ms"].as_f64().expect("p99"));
+        assert!(0.0 < p50 && p50 <= p99, "{name}: p50 {p50} p99 {p99}");
+    }
+    let table = p.ok(&["endpoint", "show", "ep"]);
+    assert!(table.contains("REQUESTS") && table.contains("P99") && table.contains("1 gateway(s)"), "{table}");
+
+    // The rest of the mutating commands answer JSON too.
+    let updated = p.json(&["endpoint", "version", "update", "ep", "treat", "--traffic", "10"]);
+    assert_eq!(updated["versions"][1]["traffic_percentile"], 10.0, "{updated}");
+    let regen = p.json(&["keys", "regen", "ep", "--key", "secondary"]);
+    assert_eq!(regen["regenerated"]["name"], "ep", "{regen}");
+    let state = p.json(&["service", "state", "a"]);
+    assert_eq!((state["state"].as_str(), state["ready_replicas"].as_u64()), (Some("Healthy"), Some(1)), "{state}");
+    let removed = p.json(&["endpoint", "version", "delete", "ep", "treat"]);
+    assert_eq!(removed["versions"].as_array().map(Vec::len), Some(1), "{removed}");
+    assert_eq!(p.json(&["endpoint", "delete", "ep"])["deleted"]["endpoint"], "ep");
+    assert_eq!(p.json(&["service", "delete", "b"])["deleted"]["service"], "b");
+    let logs = p.ok(&["service", "logs", "a", "--output", "json"]);
+    let first: Value = serde_json::from_str(logs.lines().next().expect("a chunk")).expect("json line");
+    assert_eq!(first["replica"], 0, "{logs}");
+}
+
+/// Calls every operation of a gateway's OpenAPI document (GETs as they are, POSTs with their
+/// example), with `credential` only where the document says one is needed; asserts each answers
+/// 200 and returns the exchanges for `openapi::check`.
+async fn call_every_documented_operation(p: &Platform, doc: &Value, credential: Option<&str>) -> Vec<Value> {
+    let mut exchanges = Vec::new();
+    for (path, method) in openapi::operations(doc) {
+        let url = format!("{}{path}", p.gateway_url());
+        let (mut req, body) = match method.as_str() {
+            "get" => (p.client.get(&url), None),
+            "post" => {
+                let body = openapi::example(doc, &path, "post").unwrap_or_else(|| panic!("POST {path} has no example"));
+                (p.client.post(&url).json(body), Some(body))
+            }
+            other => panic!("unexpected method {other} at {path}"),
+        };
+        let secured = doc.get("security").is_some() && doc["paths"][&path][&method].get("security") != Some(&json!([]));
+        if secured {
+            req = req.bearer_auth(credential.expect("a credential for a secured document"));
+        }
+        let r = req.send().await.expect("send");
+        let status = r.status().as_u16();
+        let response: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{method} {path} (credential sent: {secured}): {response}");
+        exchanges.push(openapi::exchange(&path, &method, body, status, &response));
+    }
+    exchanges
+}
+
+/// The gateway serves each service's and endpoint's OpenAPI document without a credential, in
+/// its own URL space and with the security its auth asks for; requests built from the examples
+/// score through the gateway; `service show` names the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_documents_of_services_and_endpoints_score_through_the_gateway() {
+    let p = Platform::start(&[]).await;
+    run_ok(p.cmd(&["model", "register", "tabular-mixed"]).arg(model_path("tabular-mixed")));
+    p.service("mlp", "mlp-small", None).await;
+    p.service("tab", "tabular-mixed", Some(json!({ "token_auth_enabled": true }))).await;
+    p.service("echo", "dtype-echo", Some(json!({ "auth_enabled": false }))).await;
+    p.ok(&["endpoint", "create", "ep", "--version", "blue=tab"]);
+    p.ok(&["endpoint", "version", "add", "ep", "green=mlp", "--traffic", "0"]);
+    let gw = p.gateway_url().to_owned();
+    let get = |uri: String| {
+        let req = p.client.get(format!("{gw}{uri}"));
+        async move {
+            let r = req.send().await.expect("send");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    let shown = p.json(&["service", "show", "mlp"]);
+    assert_eq!(shown["swagger_uri"], "/services/mlp/swagger.json", "{shown}");
+    assert!(p.ok(&["service", "show", "mlp"]).contains("swagger:     /services/mlp/swagger.json"));
+    let uri = |what: &str, name: &str| p.json(&[what, "show", name])["swagger_uri"].as_str().expect("uri").to_owned();
+
+    // Key auth: a bearer key; no credential needed for the document itself.
+    let (status, doc) = get(uri("service", "mlp")).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(openapi::operations(&doc).iter().all(|(path, _)| path.starts_with("/services/mlp/")), "{doc}");
+    assert!(doc["paths"].get("/services/mlp/v2/models/mlp-small/infer").is_some(), "{doc}");
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!((scheme["type"].as_str(), scheme["scheme"].as_str()), (Some("http"), Some("bearer")), "{doc}");
+    assert!(scheme.get("bearerFormat").is_none());
+    let example = openapi::example(&doc, "/services/mlp/score", "post").expect("example").clone();
+    let r = p.client.post(format!("{gw}/services/mlp/score")).json(&example).send().await.expect("send");
+    assert_eq!(r.status(), 401, "the document says scoring needs the key, and it does");
+    let exchanges = call_every_documented_operation(&p, &doc, Some(&p.key("mlp"))).await;
+    openapi::check(&doc, &exchanges);
+
+    // Token auth: a bearer JWT.
+    let (status, doc) = get(uri("service", "tab")).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["bearerFormat"], "JWT", "{doc}");
+    let token = p.json(&["token", "get", "tab"])["access_token"].as_str().expect("token").to_owned();
+    let exchanges = call_every_documented_operation(&p, &doc, Some(&token)).await;
+    openapi::check(&doc, &exchanges);
+
+    // Auth off: no security at all, and every datatype's example echoes.
+    let (status, doc) = get(uri("service", "echo")).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc.get("security").is_none() && doc["components"].get("securitySchemes").is_none(), "{doc}");
+    let exchanges = call_every_documented_operation(&p, &doc, None).await;
+    openapi::check(&doc, &exchanges);
+
+    // An endpoint: its default version's service's schemas, under the endpoint's prefix and key.
+    let (status, doc) = get(uri("endpoint", "ep")).await;
+    assert_eq!(status, 200, "{doc}");
+    assert!(doc["paths"].get("/endpoints/ep/v2/models/tabular-mixed/infer").is_some(), "{doc}");
+    assert!(doc["info"]["description"].as_str().expect("description").contains("default version 'blue'"));
+    assert!(doc["components"]["securitySchemes"]["bearer"].get("bearerFormat").is_none(), "key auth: {doc}");
+    let exchanges = call_every_documented_operation(&p, &doc, Some(&p.key("ep"))).await;
+    openapi::check(&doc, &exchanges);
+
+    // A new default version is a new configuration: the document follows it.
+    p.ok(&["endpoint", "version", "update", "ep", "green", "--default"]);
+    p.wait_until("the endpoint's document is its new default version's", || {
+        let fetched = get("/endpoints/ep/swagger.json".into());
+        async move { fetched.await.1["paths"].get("/endpoints/ep/v2/models/mlp-small/infer").is_some() }
+    })
+    .await;
+
+    let (status, e) = get("/services/nope/swagger.json".into()).await;
+    assert_eq!(status, 404, "{e}");
+    let r = p.client.post(format!("{gw}/services/mlp/swagger.json")).send().await.expect("send");
+    assert_eq!(r.status(), 405);
+}
+
+/// `collect_model_data`: sampled requests' inputs and predictions land under the data directory,
+/// partitioned by service, model, version and day, and join by the request id the caller sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_model_data_joins_inputs_and_predictions_by_request_id() {
+    let p = Platform::start(&[]).await;
+    p.service(
+        "collected",
+        "mlp-small",
+        Some(json!({ "collect_model_data": true, "collect_model_data_sample_rate": 0.5 })),
+    )
+    .await;
+    let key = p.key("collected");
+    let url = format!("{}/services/collected/v2/models/mlp-small/infer", p.gateway_url());
+    let body = v2_request(&expected("mlp-small"));
+    for i in 0..20 {
+        let r = p.client.post(&url).bearer_auth(&key).header("x-request-id", format!("req-{i}")).json(&body);
+        assert_eq!(r.send().await.expect("infer").status(), 200);
+    }
+    let mut data = Value::Null;
+    p.wait_until("the collected data is on disk", || {
+        data = p.json(&["service", "data", "collected"]);
+        std::future::ready(data["usage"]["files"].as_u64() == Some(2))
+    })
+    .await;
+    assert_eq!((data["collecting"].as_bool(), data["sample_rate"].as_f64()), (Some(true), Some(0.5)), "{data}");
+    let dir = PathBuf::from(data["usage"]["path"].as_str().expect("path"));
+    assert!(dir.starts_with(p.home.path().join("collected")), "{data}");
+    let read = |kind: &str| -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.join("mlp-small/1").join(kind)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("dir").flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let text = std::fs::read_to_string(e.path()).expect("read");
+                    out.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).expect("json line")));
+                }
+            }
+        }
+        out
+    };
+    let (inputs, predictions) = (read("inputs"), read("predictions"));
+    // Half of the 20, evenly: every second request.
+    assert_eq!((inputs.len(), predictions.len()), (10, 10));
+    for input in &inputs {
+        let id = input["request_id"].as_str().expect("id");
+        assert!(id.starts_with("req-"), "{input}");
+        assert_eq!(input["inputs"], body, "the request as sent");
+        let answer = predictions.iter().find(|p| p["request_id"] == id).expect("its prediction");
+        assert_eq!((&answer["model"], &answer["version"]), (&json!("mlp-small"), &json!("1")));
+        assert!(answer["predictions"]["outputs"].is_array(), "{answer}");
+    }
+    let table = p.ok(&["service", "data", "collected"]);
+    assert!(
+        table.contains("collecting model data, sampling 50% of requests") && table.contains("files:  2"),
+        "{table}"
+    );
+}
+
+/// Autoscaling on the local target: load that needs more replicas scales the service up to it
+/// (never past max), light load brings it back to min after the scale-down delay, and no request
+/// fails in either direction (removed replicas leave the gateways' configuration, then drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_autoscaled_service_follows_load_within_its_bounds_without_failing_requests() {
+    let p = Platform::start_with(&[], &["--autoscale-down-delay-seconds", "3"]).await;
+    let deploy = json!({
+        "autoscale_enabled": true, "autoscale_min_replicas": 1, "autoscale_max_replicas": 3,
+        "autoscale_target_utilization": 70, "replica_max_concurrent_requests": 2,
+        "max_request_wait_time": 5000,
+    });
+    p.service("auto", "mlp-small", Some(deploy)).await;
+    let key = p.key("auto");
+    let url = format!("{}/services/auto/v2/models/mlp-small/infer", p.gateway_url());
+    let running = |p: &Platform| {
+        let s = p.json(&["service", "show", "auto"]);
+        (s["replicas"].as_array().map_or(0, |r| r.iter().filter(|r| r["ready"] == true).count()), s)
+    };
+    assert_eq!(running(&p).0, 1);
+
+    // Six callers keep about six requests in flight: 2 per replica at 70 % wants 5, capped at 3.
+    let stop = Arc::new(AtomicBool::new(false));
+    let heavy = load(p.client.clone(), url.clone(), key.clone(), 6, stop.clone());
+    let mut shown = Value::Null;
+    p.wait_until("the service scales up to its max", || {
+        let (ready, s) = running(&p);
+        shown = s;
+        std::future::ready(ready == 3)
+    })
+    .await;
+    let decision = &shown["autoscale"]["last_decision"];
+    assert!(decision["reason"].as_str().is_some_and(|r| r.contains("above the target 70%")), "{shown}");
+    assert_eq!(shown["autoscale"]["max_replicas"], 3);
+    // Held at max under the same load.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(running(&p).0, 3, "never past max");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = heavy.await.expect("load");
+    assert!(ok > 100 && failures.is_empty(), "{ok} ok; failed while scaling up: {failures:?}");
+
+    // One caller: needs one replica; after the delay the others drain while requests flow.
+    let stop = Arc::new(AtomicBool::new(false));
+    let light = load(p.client.clone(), url.clone(), key.clone(), 1, stop.clone());
+    p.wait_until("the service scales back to its min", || {
+        let (ready, s) = running(&p);
+        let desired = s["desired_replicas"].as_u64();
+        std::future::ready(ready == 1 && desired == Some(1))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = light.await.expect("load");
+    assert!(ok > 20 && failures.is_empty(), "{ok} ok; failed while scaling down: {failures:?}");
+    let shown = p.json(&["service", "show", "auto"]);
+    let reason = shown["autoscale"]["last_decision"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("below the target") && reason.contains("for 3 s"), "{shown}");
+    // The control plane's metrics say it too.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", p.control_port)).await.expect("metrics");
+    let text = metrics.text().await.expect("text");
+    assert!(text.contains("sluice_service_desired_replicas{service=\"auto\"} 1"), "{text}");
 }

@@ -49,13 +49,15 @@ pub fn init(library: &Path) -> Result<&'static Environment, BackendError> {
     if !library.is_file() {
         return Err(BackendError::Load(format!("ONNX Runtime library {} does not exist", library.display())));
     }
-    // `init_from` panics (rather than erroring) on a library older than the API version we were
-    // compiled for; turn that into an error the user can act on.
+    // `init_from` may panic (rather than erroring) on a library it cannot use; turn that into an
+    // error the user can act on. The floor is the API version `ort` is compiled for (`api-NN` in
+    // Cargo.toml), which can be older than the pinned ORT_VERSION: 1.31.x still loads.
     let builder = std::panic::catch_unwind(|| ort::init_from(library))
         .map_err(|_| {
             BackendError::Load(format!(
-                "{} is not a usable ONNX Runtime {ORT_VERSION} or newer library",
-                library.display()
+                "{} is not a usable ONNX Runtime library (Sluice needs 1.{} or newer; it is tested with {ORT_VERSION})",
+                library.display(),
+                ort::MINOR_VERSION
             ))
         })?
         .map_err(|e| BackendError::Load(format!("cannot open {}: {e}", library.display())))?;
@@ -95,6 +97,7 @@ fn datatype(ty: TensorElementType) -> Option<DataType> {
         TensorElementType::Float16 => DataType::F16,
         TensorElementType::Float32 => DataType::F32,
         TensorElementType::Float64 => DataType::F64,
+        TensorElementType::String => DataType::Bytes,
         _ => return None,
     })
 }
@@ -175,9 +178,32 @@ impl OrtBackend {
     }
 }
 
-fn input_value<'a>(t: &'a Tensor) -> ort::Result<SessionInputValue<'a>> {
+fn input_value(t: &Tensor) -> Result<SessionInputValue<'_>, BackendError> {
     let shape = t.shape.as_slice();
-    Ok(sluice_core::with_tensor_data!(&t.data, v => TensorRef::from_array_view((shape, v.as_slice()))?.into()))
+    let fail = |e: ort::Error| BackendError::Inference(e.to_string());
+    if let TensorData::Bytes(elements) = &t.data {
+        // ONNX Runtime copies string elements in as NUL-terminated UTF-8 text.
+        let text = elements
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match String::from_utf8(e.clone()) {
+                Ok(s) if !s.contains('\0') => Ok(s),
+                Ok(_) => Err(format!("element {i} of input '{}' contains a NUL byte", t.name)),
+                Err(_) => Err(format!("element {i} of input '{}' is not UTF-8 text, as ONNX strings must be", t.name)),
+            })
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(BackendError::InvalidInput)?;
+        return Ok(ort::value::Tensor::from_string_array((shape, text.as_slice())).map_err(fail)?.into());
+    }
+    macro_rules! view {
+        ($($variant:ident),*) => {
+            match &t.data {
+                $(TensorData::$variant(v) => TensorRef::from_array_view((shape, v.as_slice())).map_err(fail)?.into(),)*
+                TensorData::Bytes(_) => unreachable!("handled above"),
+            }
+        };
+    }
+    Ok(view!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64))
 }
 
 fn extract(value: &ort::value::DynValue, dtype: DataType) -> ort::Result<(Vec<i64>, TensorData)> {
@@ -200,6 +226,10 @@ fn extract(value: &ort::value::DynValue, dtype: DataType) -> ort::Result<(Vec<i6
         DataType::F16 => take!(F16, half::f16),
         DataType::F32 => take!(F32, f32),
         DataType::F64 => take!(F64, f64),
+        DataType::Bytes => {
+            let (shape, text) = value.try_extract_strings()?;
+            (shape.to_vec(), TensorData::Bytes(text.into_iter().map(String::into_bytes).collect()))
+        }
     })
 }
 
@@ -217,11 +247,7 @@ impl Backend for OrtBackend {
             ort::error::ErrorCode::InvalidArgument => BackendError::InvalidInput(e.message().to_owned()),
             _ => BackendError::Inference(e.to_string()),
         };
-        let values = inputs
-            .iter()
-            .map(|t| Ok((t.name.as_str(), input_value(t)?)))
-            .collect::<ort::Result<Vec<_>>>()
-            .map_err(fail)?;
+        let values = inputs.iter().map(|t| Ok((t.name.as_str(), input_value(t)?))).collect::<Result<Vec<_>, _>>()?;
         let results = self.session.run(values).map_err(fail)?;
         outputs
             .iter()

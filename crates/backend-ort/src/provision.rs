@@ -6,10 +6,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The ONNX Runtime release Sluice is built and tested against (PyPI `onnxruntime`).
-pub const ORT_VERSION: &str = "1.31.1";
+/// The ONNX Runtime release Sluice is built and tested against (PyPI `onnxruntime`). Everything
+/// that provisions by version follows it: the data directory's layout, the tests'
+/// `target/test-runtime`, the container image (`deploy/build-image.sh` reads it from here).
+pub const ORT_VERSION: &str = "1.32.0";
 
-const LIBRARY: &str = "libonnxruntime.so.1.31.1";
 const SHARED_PROVIDERS: &str = "libonnxruntime_providers_shared.so";
 
 /// Why no ONNX Runtime library could be had; each message ends with what the user can do.
@@ -33,6 +34,11 @@ pub enum ProvisionError {
     Io { dir: PathBuf, source: std::io::Error },
 }
 
+/// The library's file name in the wheel and in the provisioned folder.
+fn library() -> String {
+    format!("libonnxruntime.so.{ORT_VERSION}")
+}
+
 /// Where a provisioned library lives under the data directory.
 pub fn provisioned_dir(home: &Path) -> PathBuf {
     home.join("runtimes").join(format!("onnxruntime-{ORT_VERSION}"))
@@ -45,7 +51,7 @@ pub fn locate_or_provision(explicit: Option<&Path>, home: &Path) -> Result<PathB
         return if path.is_file() { Ok(path.to_path_buf()) } else { Err(ProvisionError::ExplicitMissing(path.into())) };
     }
     let dir = provisioned_dir(home);
-    let lib = dir.join(LIBRARY);
+    let lib = dir.join(library());
     if lib.is_file() {
         return Ok(lib);
     }
@@ -59,7 +65,7 @@ fn provision(dir: &Path, python: &str) -> Result<(), ProvisionError> {
     let parent = dir.parent().unwrap_or(dir);
     fs::create_dir_all(parent).map_err(io)?;
     eprintln!(
-        "sluice: ONNX Runtime {ORT_VERSION} is not installed yet; fetching the onnxruntime=={ORT_VERSION} wheel from PyPI with pip (one time, about 25 MB) into {}",
+        "sluice: ONNX Runtime {ORT_VERSION} is not installed yet; fetching the onnxruntime=={ORT_VERSION} wheel from PyPI with pip (one time, about 28 MB) into {}",
         dir.display()
     );
     // Everything happens in a scratch folder next to the destination and is renamed into place at
@@ -94,7 +100,7 @@ fn provision(dir: &Path, python: &str) -> Result<(), ProvisionError> {
     match fs::rename(&staged, dir) {
         Ok(()) => {}
         // Another process finished first: its copy is as good as ours.
-        Err(_) if dir.join(LIBRARY).is_file() => {}
+        Err(_) if dir.join(library()).is_file() => {}
         Err(e) => return Err(io(e)),
     }
     eprintln!("sluice: ONNX Runtime {ORT_VERSION} installed in {}", dir.display());
@@ -104,7 +110,8 @@ fn provision(dir: &Path, python: &str) -> Result<(), ProvisionError> {
 fn unpack(wheel: &Path, into: &Path) -> Result<(), String> {
     let file = fs::File::open(wheel).map_err(|e| e.to_string())?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
-    for name in [LIBRARY, SHARED_PROVIDERS] {
+    let library = library();
+    for name in [library.as_str(), SHARED_PROVIDERS] {
         let mut entry = archive.by_name(&format!("onnxruntime/capi/{name}")).map_err(|e| format!("{name}: {e}"))?;
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut bytes).map_err(|e| e.to_string())?;

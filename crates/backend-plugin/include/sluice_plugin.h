@@ -43,7 +43,9 @@ typedef enum sluice_status {
     SLUICE_ERROR = 2
 } sluice_status;
 
-/* Element types; data is little-endian and row-major; BOOL is one byte, 0 or 1. */
+/* Element types; data is little-endian and row-major; BOOL is one byte, 0 or 1; each BYTES
+ * element is a 4-byte little-endian length followed by that many bytes (the Open Inference
+ * Protocol's binary encoding), elements back to back. */
 typedef enum sluice_dtype {
     SLUICE_BOOL = 0,
     SLUICE_UINT8 = 1,
@@ -56,7 +58,8 @@ typedef enum sluice_dtype {
     SLUICE_INT64 = 8,
     SLUICE_FP16 = 9,
     SLUICE_FP32 = 10,
-    SLUICE_FP64 = 11
+    SLUICE_FP64 = 11,
+    SLUICE_BYTES = 12
 } sluice_dtype;
 
 typedef struct sluice_tensor {
@@ -65,7 +68,7 @@ typedef struct sluice_tensor {
     uint32_t rank;
     const int64_t *shape; /* rank entries */
     const void *data;
-    uint64_t byte_len;    /* product(shape) * element size */
+    uint64_t byte_len;    /* product(shape) * element size; for BYTES, the encoding's length */
 } sluice_tensor;
 
 /* A loaded model; opaque to Sluice. */

@@ -177,6 +177,7 @@ fn dtype_code(dtype: DataType) -> i32 {
         DataType::F16 => 9,
         DataType::F32 => 10,
         DataType::F64 => 11,
+        DataType::Bytes => 12,
     }
 }
 
@@ -194,6 +195,7 @@ fn dtype_of(code: i32) -> Option<DataType> {
         9 => DataType::F16,
         10 => DataType::F32,
         11 => DataType::F64,
+        12 => DataType::Bytes,
         _ => return None,
     })
 }

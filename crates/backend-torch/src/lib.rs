@@ -101,7 +101,7 @@ mod engine {
                 TensorData::F16(v) => tch::Tensor::f_from_slice(v),
                 TensorData::F32(v) => tch::Tensor::f_from_slice(v),
                 TensorData::F64(v) => tch::Tensor::f_from_slice(v),
-                TensorData::U16(_) | TensorData::U32(_) | TensorData::U64(_) => {
+                TensorData::U16(_) | TensorData::U32(_) | TensorData::U64(_) | TensorData::Bytes(_) => {
                     return Err(BackendError::Unsupported(format!(
                         "input {}: libtorch has no {} tensors",
                         t.name,

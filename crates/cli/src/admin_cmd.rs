@@ -50,7 +50,11 @@ pub enum ServiceCommand {
         output: Output,
     },
     /// The state (Transitioning, Healthy, Unhealthy, Failed) and its reason.
-    State { name: String },
+    State {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Output of the service's replicas.
     Logs {
         name: String,
@@ -60,6 +64,9 @@ pub enum ServiceCommand {
         /// Keep printing new output until interrupted.
         #[arg(long, short)]
         follow: bool,
+        /// `json`: one JSON object per chunk of output ({"replica", "offset", "text"}).
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Change models or configs; new replicas replace the old ones once ready, with no request lost.
     Update {
@@ -72,9 +79,21 @@ pub enum ServiceCommand {
         inference_config: Option<PathBuf>,
         #[arg(long)]
         wait: bool,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Where the service's collected model data (collect_model_data) is and how much there is.
+    Data {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Stop the replicas and remove the service (refused while an endpoint version uses it).
-    Delete { name: String },
+    Delete {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 /// Auth of an endpoint.
@@ -138,6 +157,8 @@ pub enum EndpointCommand {
         auth: AuthArg,
         #[command(flatten)]
         flags: VersionFlags,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// List endpoints.
     List {
@@ -151,7 +172,11 @@ pub enum EndpointCommand {
         output: Output,
     },
     /// Delete an endpoint (its services stay).
-    Delete { name: String },
+    Delete {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Add, change or delete versions (at most 6 per endpoint).
     #[command(subcommand)]
     Version(VersionCommand),
@@ -166,6 +191,8 @@ pub enum VersionCommand {
         spec: String,
         #[command(flatten)]
         flags: VersionFlags,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Change a version's share, role or service.
     Update {
@@ -177,12 +204,16 @@ pub enum VersionCommand {
         service: Option<String>,
         #[command(flatten)]
         flags: VersionFlags,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Remove a version (not the default one).
     Delete {
         endpoint: String,
         #[arg(value_name = "VERSION")]
         name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -205,6 +236,8 @@ pub enum KeysCommand {
         /// Use this value instead of a random one (16-256 visible ASCII characters).
         #[arg(long)]
         value: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -293,6 +326,9 @@ fn print_service(s: &ServiceStatus) {
     println!("auth:        {:?}", s.auth);
     println!("generation:  {}", s.generation);
     println!("scoring:     {} (on the gateway)", s.scoring_path);
+    if let Some(uri) = &s.swagger_uri {
+        println!("swagger:     {uri} (on the gateway, OpenAPI)");
+    }
     println!("replicas:    {} desired", s.desired_replicas);
     if !s.ignored_settings.is_empty() {
         println!("ignored settings (no effect on this target):");
@@ -300,12 +336,30 @@ fn print_service(s: &ServiceStatus) {
             println!("  {}: {}", i.field, i.reason);
         }
     }
-    for r in &s.replicas {
+    if let Some(a) = &s.autoscale {
         println!(
-            "  [{}] {} pid={} addr={} restarts={}{}",
+            "autoscale:   {} of {}..{} replicas running, {} wanted; target {}% utilization, now {}",
+            a.current_replicas,
+            a.min_replicas,
+            a.max_replicas,
+            a.desired_replicas,
+            a.target_utilization,
+            a.utilization.map_or("-".into(), |u| format!("{u:.0}%"))
+        );
+        if let Some(d) = &a.last_decision {
+            println!("last scaled: {} from {} to {}: {}", d.at, d.from, d.to, d.reason);
+        }
+    }
+    for r in &s.replicas {
+        // A local replica is a process; a remote one a pod or container, named.
+        let who = match (&r.name, r.pid) {
+            (Some(name), _) => name.clone(),
+            (None, pid) => format!("pid={}", pid.map_or("-".into(), |p| p.to_string())),
+        };
+        println!(
+            "  [{}] {} {who} addr={} restarts={}{}",
             r.index,
             if r.ready { "ready    " } else { "not ready" },
-            r.pid.map_or("-".into(), |p| p.to_string()),
             r.address.as_deref().unwrap_or("-"),
             r.restarts,
             r.last_exit.as_deref().map(|e| format!(" last exit: {e}")).unwrap_or_default()
@@ -319,18 +373,37 @@ fn print_service(s: &ServiceStatus) {
 
 fn print_endpoint(e: &EndpointStatus) {
     println!("endpoint {} (auth: {:?}, scoring: {} on the gateway)", e.name, e.auth, e.scoring_path);
-    println!("{:<16} {:<20} {:<10} {:>8} {:>10} {:>8}", "VERSION", "SERVICE", "ROLE", "TRAFFIC", "EFFECTIVE", "SHADOW");
+    if let Some(uri) = &e.swagger_uri {
+        println!("swagger: {uri} (on the gateway, OpenAPI)");
+    }
+    println!(
+        "{:<16} {:<20} {:<10} {:>8} {:>10} {:>8} {:>10} {:>7} {:>9} {:>9}",
+        "VERSION", "SERVICE", "ROLE", "TRAFFIC", "EFFECTIVE", "SHADOW", "REQUESTS", "ERRORS", "P50", "P99"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".into(), |ms| format!("{ms:.2}ms"));
     for v in &e.versions {
+        let (requests, errors, p50, p99) = match &v.stats {
+            Some(s) => (s.requests.to_string(), format!("{:.1}%", s.error_rate * 100.0), ms(s.p50_ms), ms(s.p99_ms)),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
         println!(
-            "{:<16} {:<20} {:<10} {:>8} {:>9.1}% {:>8}",
+            "{:<16} {:<20} {:<10} {:>8} {:>9.1}% {:>8} {:>10} {:>7} {:>9} {:>9}",
             format!("{}{}", v.name, if v.is_default { " (default)" } else { "" }),
             v.service,
             v.role,
             format!("{}", v.traffic_percentile),
             v.effective_percent,
-            v.shadow_percent.map(|p| format!("{p}%")).unwrap_or_else(|| "-".into())
+            v.shadow_percent.map(|p| format!("{p}%")).unwrap_or_else(|| "-".into()),
+            requests,
+            errors,
+            p50,
+            p99
         );
     }
+    let gateways = e.versions.iter().filter_map(|v| v.stats.as_ref().map(|s| s.gateways)).max().unwrap_or(0);
+    println!(
+        "traffic: as {gateways} gateway(s) counted it since they started (5xx answers are errors; latency to the replica's response headers)"
+    );
 }
 
 pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow::Result<()> {
@@ -383,11 +456,29 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                     Output::Table => print_service(&s),
                 }
             }
-            ServiceCommand::State { name } => {
+            ServiceCommand::State { name, output } => {
                 let s: ServiceStatus = api.get(&format!("/v1/services/{name}")).await?;
-                println!("{}", state_line(&s));
+                match output {
+                    Output::Json => print_json(&serde_json::json!({
+                        "name": s.name, "state": s.state, "reason": s.reason,
+                        "desired_replicas": s.desired_replicas,
+                        "ready_replicas": s.replicas.iter().filter(|r| r.ready).count(),
+                    }))?,
+                    Output::Table => println!("{}", state_line(&s)),
+                }
             }
-            ServiceCommand::Logs { name, replica, follow } => {
+            ServiceCommand::Logs { name, replica, follow, output } => {
+                let print = |c: &LogChunk| -> anyhow::Result<()> {
+                    match output {
+                        Output::Json => println!("{}", serde_json::to_string(c)?),
+                        Output::Table => {
+                            for line in c.text.lines() {
+                                println!("[replica {}] {line}", c.replica);
+                            }
+                        }
+                    }
+                    Ok(())
+                };
                 let query = |offsets: &[(usize, u64)], r: Option<usize>| {
                     let mut q = format!("/v1/services/{name}/logs?");
                     if let Some(r) = r {
@@ -401,9 +492,7 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                 let chunks: Vec<LogChunk> = api.get(&query(&[], replica)).await?;
                 let mut offsets: Vec<(usize, u64)> = Vec::new();
                 for c in chunks {
-                    for line in c.text.lines() {
-                        println!("[replica {}] {line}", c.replica);
-                    }
+                    print(&c)?;
                     offsets.push((c.replica, c.offset));
                 }
                 if !follow {
@@ -414,15 +503,15 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                     for (index, offset) in offsets.iter_mut() {
                         let chunks: Vec<LogChunk> = api.get(&query(&[(*index, *offset)], Some(*index))).await?;
                         for c in chunks {
-                            for line in c.text.lines() {
-                                println!("[replica {}] {line}", c.replica);
+                            if !c.text.is_empty() {
+                                print(&c)?;
                             }
                             *offset = c.offset;
                         }
                     }
                 }
             }
-            ServiceCommand::Update { name, models, deploy_config, inference_config, wait } => {
+            ServiceCommand::Update { name, models, deploy_config, inference_config, wait, output } => {
                 let request = UpdateService {
                     models: (!models.is_empty()).then_some(models),
                     deploy_config: read_opt(&deploy_config)?,
@@ -434,15 +523,51 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                 let status: ServiceStatus =
                     api.send(Method::PATCH, &format!("/v1/services/{name}"), Some(&request)).await?;
                 warn_ignored(&status);
-                println!("service {name}: generation {} rolling out", status.generation);
-                if wait {
-                    let status = wait_ready(&api, &name).await?;
-                    println!("service {name}: {}", state_line(&status));
+                let json = matches!(output, Output::Json);
+                if !json {
+                    println!("service {name}: generation {} rolling out", status.generation);
+                }
+                let status = if wait { wait_ready(&api, &name).await? } else { status };
+                match output {
+                    Output::Json => print_json(&status)?,
+                    Output::Table if wait => println!("service {name}: {}", state_line(&status)),
+                    Output::Table => {}
                 }
             }
-            ServiceCommand::Delete { name } => {
+            ServiceCommand::Data { name, output } => {
+                let d: sluice_control::ServiceData = api.get(&format!("/v1/services/{name}/data")).await?;
+                match output {
+                    Output::Json => print_json(&d)?,
+                    Output::Table => {
+                        let rate = d.sample_rate.map(|r| format!(", sampling {:.0}% of requests", r * 100.0));
+                        println!(
+                            "service {name}: {}",
+                            if d.collecting {
+                                format!("collecting model data{}", rate.unwrap_or_default())
+                            } else {
+                                "not collecting (set \"collect_model_data\": true in its deployment config)".into()
+                            }
+                        );
+                        println!("data:   {}", d.usage.path.display());
+                        println!("files:  {} ({} bytes)", d.usage.files, d.usage.bytes);
+                        if let (Some(oldest), Some(newest)) = (&d.usage.oldest, &d.usage.newest) {
+                            println!("from:   {oldest} to {newest}");
+                        }
+                        println!(
+                            "layout: <model>/<version>/<inputs|predictions>/<yyyy>/<mm>/<dd>/*.jsonl, joined by request_id"
+                        );
+                        if let Some(note) = &d.note {
+                            println!("note:   {note}");
+                        }
+                    }
+                }
+            }
+            ServiceCommand::Delete { name, output } => {
                 api.send::<()>(Method::DELETE, &format!("/v1/services/{name}"), None::<&()>).await?;
-                println!("service {name} deleted");
+                match output {
+                    Output::Json => print_json(&serde_json::json!({ "deleted": { "service": name } }))?,
+                    Output::Table => println!("service {name} deleted"),
+                }
             }
         }
         Ok(())
@@ -452,8 +577,8 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
 pub fn endpoint(home: &Path, client: &ClientArgs, cmd: EndpointCommand) -> anyhow::Result<()> {
     let api = AdminClient::new(home, client)?;
     block_on(async move {
-        let shown: EndpointStatus = match cmd {
-            EndpointCommand::Create { name, version, auth, flags } => {
+        let (shown, output): (EndpointStatus, Output) = match cmd {
+            EndpointCommand::Create { name, version, auth, flags, output } => {
                 let (version, service) = split_version(&version)?;
                 let request = CreateEndpoint {
                     name,
@@ -464,7 +589,7 @@ pub fn endpoint(home: &Path, client: &ClientArgs, cmd: EndpointCommand) -> anyho
                     },
                     version: flags.change(version, Some(service)),
                 };
-                api.send(Method::POST, "/v1/endpoints", Some(&request)).await?
+                (api.send(Method::POST, "/v1/endpoints", Some(&request)).await?, output)
             }
             EndpointCommand::List { output } => {
                 let list: Vec<EndpointStatus> = api.get("/v1/endpoints").await?;
@@ -479,33 +604,37 @@ pub fn endpoint(home: &Path, client: &ClientArgs, cmd: EndpointCommand) -> anyho
                 }
                 return Ok(());
             }
-            EndpointCommand::Show { name, output } => {
-                let e: EndpointStatus = api.get(&format!("/v1/endpoints/{name}")).await?;
-                if matches!(output, Output::Json) {
-                    return print_json(&e);
-                }
-                e
-            }
-            EndpointCommand::Delete { name } => {
+            EndpointCommand::Show { name, output } => (api.get(&format!("/v1/endpoints/{name}")).await?, output),
+            EndpointCommand::Delete { name, output } => {
                 api.send::<()>(Method::DELETE, &format!("/v1/endpoints/{name}"), None::<&()>).await?;
-                println!("endpoint {name} deleted");
+                match output {
+                    Output::Json => print_json(&serde_json::json!({ "deleted": { "endpoint": name } }))?,
+                    Output::Table => println!("endpoint {name} deleted"),
+                }
                 return Ok(());
             }
-            EndpointCommand::Version(VersionCommand::Add { endpoint, spec, flags }) => {
+            EndpointCommand::Version(VersionCommand::Add { endpoint, spec, flags, output }) => {
                 let (version, service) = split_version(&spec)?;
                 let change = flags.change(version, Some(service));
-                api.send(Method::POST, &format!("/v1/endpoints/{endpoint}/versions"), Some(&change)).await?
+                (api.send(Method::POST, &format!("/v1/endpoints/{endpoint}/versions"), Some(&change)).await?, output)
             }
-            EndpointCommand::Version(VersionCommand::Update { endpoint, name: version, service, flags }) => {
+            EndpointCommand::Version(VersionCommand::Update { endpoint, name: version, service, flags, output }) => {
                 let change = flags.change(version.clone(), service);
-                api.send(Method::PATCH, &format!("/v1/endpoints/{endpoint}/versions/{version}"), Some(&change)).await?
+                let path = format!("/v1/endpoints/{endpoint}/versions/{version}");
+                (api.send(Method::PATCH, &path, Some(&change)).await?, output)
             }
-            EndpointCommand::Version(VersionCommand::Delete { endpoint, name: version }) => {
-                api.send(Method::DELETE, &format!("/v1/endpoints/{endpoint}/versions/{version}"), None::<&()>).await?
+            EndpointCommand::Version(VersionCommand::Delete { endpoint, name: version, output }) => {
+                let path = format!("/v1/endpoints/{endpoint}/versions/{version}");
+                (api.send(Method::DELETE, &path, None::<&()>).await?, output)
             }
         };
-        print_endpoint(&shown);
-        Ok(())
+        match output {
+            Output::Json => print_json(&shown),
+            Output::Table => {
+                print_endpoint(&shown);
+                Ok(())
+            }
+        }
     })
 }
 
@@ -524,7 +653,7 @@ pub fn keys(home: &Path, client: &ClientArgs, cmd: KeysCommand) -> anyhow::Resul
                     }
                 }
             }
-            KeysCommand::Regen { name, key, value } => {
+            KeysCommand::Regen { name, key, value, output } => {
                 let request = RegenerateKey {
                     key: match key {
                         KeyArg::Primary => KeyName::Primary,
@@ -533,7 +662,14 @@ pub fn keys(home: &Path, client: &ClientArgs, cmd: KeysCommand) -> anyhow::Resul
                     value,
                 };
                 api.send::<()>(Method::POST, &format!("/v1/keys/{name}/regenerate"), Some(&request)).await?;
-                println!("{} key of {name} replaced; `sluice keys get {name}` shows it", request.key);
+                match output {
+                    Output::Json => {
+                        print_json(&serde_json::json!({ "regenerated": { "name": name, "key": request.key } }))?
+                    }
+                    Output::Table => {
+                        println!("{} key of {name} replaced; `sluice keys get {name}` shows it", request.key)
+                    }
+                }
             }
         }
         Ok(())

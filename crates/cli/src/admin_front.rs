@@ -16,21 +16,41 @@ use tower::ServiceExt;
 /// Largest admin request body: a service's deployment and model configs are small JSON.
 const MAX_ADMIN_BODY: usize = 16 * 1024 * 1024;
 
-/// Serves `router` on `listener` within `limits` until `shutdown` resolves.
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves. `is_admin` tells the
+/// admin credential: only a request presenting it may upload a body as large as a model.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    is_admin: impl Fn(&str) -> bool + Send + Sync + 'static,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    sluice_http1::server::serve(listener, Arc::new(Admin(router)), limits, shutdown).await
+    let admin = Admin { router, is_admin: Box::new(is_admin) };
+    sluice_http1::server::serve(listener, Arc::new(admin), limits, shutdown).await
 }
 
-struct Admin(Router);
+struct Admin {
+    router: Router,
+    is_admin: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl Admin {
+    /// Most body bytes `request` may send: a model upload from the admin may be as large as a
+    /// model; anything else, or anyone else, gets the small limit before the credential is
+    /// checked by the router, so an unauthenticated caller cannot make this process hold a
+    /// model-sized body.
+    fn body_limit(&self, request: &Head) -> usize {
+        let upload = request.method() == "POST" && request.target().starts_with("/v1/models/");
+        let admin = || {
+            request.header("authorization").and_then(sluice_auth::bearer_credential).is_some_and(|t| (self.is_admin)(t))
+        };
+        if upload && admin() { sluice_control::MAX_MODEL_BYTES } else { MAX_ADMIN_BODY }
+    }
+}
 
 impl Handler for Admin {
     async fn handle(&self, c: &mut Connection, request: &Head, keep_alive: bool) -> bool {
-        let response = match c.read_body(request, MAX_ADMIN_BODY).await {
+        let response = match c.read_body(request, self.body_limit(request)).await {
             Ok(body) => {
                 let what = format!("{} {}", request.method(), request.target().split('?').next().unwrap_or_default());
                 let mut builder = http::Request::builder().method(request.method()).uri(request.target());
@@ -38,7 +58,7 @@ impl Handler for Admin {
                     builder = builder.header(name, value);
                 }
                 match builder.body(axum::body::Body::from(body)) {
-                    Ok(request) => match self.0.clone().oneshot(request).await {
+                    Ok(request) => match self.router.clone().oneshot(request).await {
                         Ok(response) => with_json_error(response, &what),
                         Err(never) => match never {},
                     },
@@ -90,13 +110,44 @@ fn error(status: u16, message: &str) -> axum::response::Response {
     response
 }
 
-/// Writes an axum response whole; `false` when the connection failed. Admin answers are small
-/// JSON (a replica log at most), so the body is collected first.
+/// Writes an axum response; `false` when the connection failed. Answers with a declared length
+/// (a model artifact) are streamed; the rest are small JSON (a replica log at most), collected
+/// first.
 async fn write(c: &mut Connection, response: axum::response::Response, keep_alive: bool) -> bool {
     let (parts, body) = response.into_parts();
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if let Some(length) = declared {
+        push_head(c, &parts, length, keep_alive);
+        return stream(c, body, length).await;
+    }
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return false;
     };
+    push_head(c, &parts, body.len(), keep_alive);
+    c.send(&body).await
+}
+
+/// Sends the head in `c.head` and then `body`, which must be exactly `length` bytes: `false`
+/// (the connection closes) when it fails or ends early, so a caller never takes a cut-off
+/// artifact for a whole one.
+async fn stream(c: &mut Connection, body: axum::body::Body, length: usize) -> bool {
+    use futures_util::StreamExt as _;
+    if !c.send(&[]).await {
+        return false;
+    }
+    let mut sent = 0usize;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else { return false };
+        sent += chunk.len();
+        if sent > length || !c.send_more(&chunk).await {
+            return false;
+        }
+    }
+    sent == length
+}
+
+fn push_head(c: &mut Connection, parts: &http::response::Parts, length: usize, keep_alive: bool) {
     let out = &mut c.head;
     sluice_http1::push_status_line(out, parts.status.as_u16());
     sluice_http1::push_date(out);
@@ -108,10 +159,9 @@ async fn write(c: &mut Connection, response: axum::response::Response, keep_aliv
             sluice_http1::push_header(out, name.as_str(), value.as_bytes());
         }
     }
-    sluice_http1::push_content_length(out, body.len());
+    sluice_http1::push_content_length(out, length);
     if !keep_alive {
         sluice_http1::push_header(out, "connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    c.send(&body).await
 }

@@ -15,6 +15,10 @@ pub struct ClientArgs {
     /// data directory, else http://127.0.0.1:8001].
     #[arg(long, env = "SLUICE_CONTROL_URL", global = true)]
     pub control_url: Option<String>,
+    /// File holding the admin credential [default: control/admin-token in the data directory].
+    /// For a control plane elsewhere, e.g. on Kubernetes: the chart's `<release>-tokens` Secret.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 /// The control plane's URL: `explicit`, else the one a running control plane recorded in the data
@@ -38,7 +42,10 @@ pub struct AdminClient {
 impl AdminClient {
     pub fn new(home: &Path, args: &ClientArgs) -> anyhow::Result<Self> {
         let base = control_url(home, args.control_url.as_deref());
-        let token = sluice_control::read_admin_token(home)?;
+        let token = match &args.admin_token_file {
+            Some(path) => sluice_control::read_secret(path)?,
+            None => sluice_control::read_admin_token(home)?,
+        };
         Ok(AdminClient { base, token, http: reqwest::Client::new() })
     }
 
@@ -54,6 +61,29 @@ impl AdminClient {
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.finish(request, &url).await
+    }
+
+    /// Sends `bytes` as the body (a model file), with `query` parameters.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        let query: Vec<String> =
+            query.iter().map(|(k, v)| format!("{k}={}", sluice_http1::percent_encode(v))).collect();
+        let url = format!("{}{path}?{}", self.base, query.join("&"));
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        self.finish(request, &url).await
+    }
+
+    async fn finish<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<T> {
         let response = request.send().await.with_context(|| {
             format!("cannot reach the control plane at {} (is `sluice control` or `sluice up` running?)", self.base)
         })?;

@@ -6,6 +6,7 @@ mod admin_front;
 mod client;
 mod model_cmd;
 mod platform;
+mod replica;
 mod serving;
 
 use std::path::PathBuf;
@@ -29,15 +30,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Register, list, show and delete model versions.
-    #[command(subcommand)]
-    Model(model_cmd::ModelCommand),
+    /// Register, list, show and delete model versions: in the data directory's registry, or in
+    /// the control plane's when SLUICE_CONTROL_URL (--control-url) names one (a control plane on
+    /// Kubernetes or in a container).
+    Model {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
+    },
     /// Serve registered models (NAME[:VERSION]) or model files over HTTP.
     Serve(ServeArgs),
+    /// Run one replica of a service on a remote target (what the control plane's Kubernetes
+    /// and Docker targets start): fetch its models from the control plane by content hash,
+    /// check them, and serve them.
+    Replica(replica::ReplicaArgs),
     /// The zero-setup demo: control plane and gateway in one process, the bundled models
     /// registered and deployed as services, the gateway on 127.0.0.1:8000.
     Up(platform::UpArgs),
-    /// Run the control plane: admin API, services (replica processes), endpoints, keys, tokens.
+    /// Run the control plane: admin API, services (replicas as local processes, Kubernetes pods
+    /// or Docker containers), endpoints, keys, tokens.
     Control(platform::ControlCmdArgs),
     /// Run a gateway that follows the control plane: auth, version splits, shadows, replica pools.
     Gateway(platform::GatewayCmdArgs),
@@ -99,8 +111,9 @@ pub fn home_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let home = home_dir(cli.home)?;
     match cli.command {
-        Command::Model(cmd) => model_cmd::run(&home, cmd),
+        Command::Model { client, command } => model_cmd::run(&home, &client, command),
         Command::Serve(args) => serving::serve(&home, args),
+        Command::Replica(args) => replica::run(&home, args),
         Command::Up(args) => platform::up(&home, args),
         Command::Control(args) => platform::control(&home, args),
         Command::Gateway(args) => platform::gateway(&home, args),

@@ -12,6 +12,15 @@ fn main() -> std::process::ExitCode {
     sluice_http1::server::set_memory_release(release_freed_memory);
     let cli = sluice_cli::Cli::parse();
     sluice_telemetry::init_logging();
+    // A replica the control plane started writes into a log file that it keeps bounded itself.
+    if let Err(e) = sluice_telemetry::logfile::bound_from_env() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    // Tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT is set; spans name the command that made
+    // them (`sluice-gateway`, `sluice-serve`, ...) unless OTEL_SERVICE_NAME does.
+    let command = std::env::args().nth(1).unwrap_or_default();
+    sluice_telemetry::trace::init_from_env(&format!("sluice-{command}"), None);
     match sluice_cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use sluice_registry::{ModelRef, ModelVersion, RegisterOptions, Registry, parse_tag};
 
 use crate::Output;
+use crate::client::{AdminClient, ClientArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
@@ -51,24 +52,22 @@ pub enum ModelCommand {
     Delete {
         /// NAME:VERSION (the version is required, so a typo cannot delete the latest).
         reference: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
 }
 
-pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
+pub fn run(home: &Path, client: &ClientArgs, cmd: ModelCommand) -> anyhow::Result<()> {
+    if client.control_url.is_some() {
+        let admin = AdminClient::new(home, client)?;
+        return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(remote(&admin, cmd));
+    }
     let mut registry = Registry::open(home).with_context(|| format!("opening the registry in {}", home.display()))?;
     match cmd {
         ModelCommand::Register { name, path, format, config, description, tags, output } => {
             let tags = tags.iter().map(|t| parse_tag(t)).collect::<Result<BTreeMap<_, _>, _>>()?;
             let format = format.map(|f| f.parse()).transpose()?;
-            let mut config = match &config {
-                Some(p) => Some(
-                    serde_json::from_str::<serde_json::Value>(
-                        &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-                    )
-                    .with_context(|| format!("{} is not valid JSON", p.display()))?,
-                ),
-                None => None,
-            };
+            let mut config = read_config(config.as_deref())?;
             let signature = match format {
                 Some(sluice_registry::ModelFormat::Plugin) => {
                     let Some(config) = config.as_mut() else {
@@ -82,28 +81,14 @@ pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
             };
             let options = RegisterOptions { description, tags, format, config, signature };
             let mv = registry.register(&name, &path, options)?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&mv)?),
-                Output::Table => println!("registered {}:{} (sha256 {})", mv.name, mv.version, &mv.sha256[..12]),
-            }
+            print_registered(&mv, output)?;
         }
-        ModelCommand::List { output } => {
-            let all = registry.list()?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
-                Output::Table => print_table(&all),
-            }
-        }
+        ModelCommand::List { output } => print_list(&registry.list()?, output)?,
         ModelCommand::Show { reference, output } => {
-            let mv = registry.resolve(&reference.parse::<ModelRef>()?)?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&mv)?),
-                Output::Table => print_details(&mv),
-            }
+            print_one(&registry.resolve(&reference.parse::<ModelRef>()?)?, output)?;
         }
-        ModelCommand::Delete { reference } => {
-            let r: ModelRef = reference.parse()?;
-            let version = r.version.ok_or_else(|| anyhow::anyhow!("give the version to delete: {}:VERSION", r.name))?;
+        ModelCommand::Delete { reference, output } => {
+            let (r, version) = versioned(&reference)?;
             // The registry and the control plane's store share the data directory's database: the
             // control plane's check of which services run this version goes into the registry's
             // delete transaction, so no service can be stored with it in between. The registry
@@ -112,8 +97,78 @@ pub fn run(home: &Path, cmd: ModelCommand) -> anyhow::Result<()> {
                 let services = sluice_control::services_using_model(conn, &r.name, version)?;
                 Ok(services.into_iter().map(|s| format!("service '{s}'")).collect())
             })?;
-            println!("deleted {}:{}", mv.name, mv.version);
+            print_deleted(&mv, output)?;
         }
+    }
+    Ok(())
+}
+
+/// The same commands against a control plane's registry, through its admin API.
+async fn remote(admin: &AdminClient, cmd: ModelCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Register { name, path, format, config, description, tags, output } => {
+            let tags = tags.iter().map(|t| parse_tag(t)).collect::<Result<BTreeMap<_, _>, _>>()?;
+            let options =
+                sluice_control::RegisterModel { format, description, tags, config: read_config(config.as_deref())? };
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let query = [("options", serde_json::to_string(&options)?)];
+            let mv: ModelVersion = admin.upload(&format!("/v1/models/{name}"), &query, bytes).await?;
+            print_registered(&mv, output)
+        }
+        ModelCommand::List { output } => print_list(&admin.get::<Vec<ModelVersion>>("/v1/models").await?, output),
+        ModelCommand::Show { reference, output } => {
+            print_one(&admin.get::<ModelVersion>(&format!("/v1/models/{reference}")).await?, output)
+        }
+        ModelCommand::Delete { reference, output } => {
+            let (r, version) = versioned(&reference)?;
+            let path = format!("/v1/models/{}/versions/{version}", r.name);
+            let mv: ModelVersion = admin.send(reqwest::Method::DELETE, &path, None::<&()>).await?;
+            print_deleted(&mv, output)
+        }
+    }
+}
+
+fn print_deleted(mv: &ModelVersion, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "deleted": mv }))?),
+        Output::Table => println!("deleted {}:{}", mv.name, mv.version),
+    }
+    Ok(())
+}
+
+/// A reference that must name its version (so a typo cannot delete the latest).
+fn versioned(reference: &str) -> anyhow::Result<(ModelRef, u32)> {
+    let r: ModelRef = reference.parse()?;
+    let version = r.version.ok_or_else(|| anyhow::anyhow!("give the version to delete: {}:VERSION", r.name))?;
+    Ok((r, version))
+}
+
+fn read_config(path: Option<&Path>) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(p) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))?))
+}
+
+fn print_registered(mv: &ModelVersion, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(mv)?),
+        Output::Table => println!("registered {}:{} (sha256 {})", mv.name, mv.version, &mv.sha256[..12]),
+    }
+    Ok(())
+}
+
+fn print_list(all: &[ModelVersion], output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(all)?),
+        Output::Table => print_table(all),
+    }
+    Ok(())
+}
+
+fn print_one(mv: &ModelVersion, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(mv)?),
+        Output::Table => print_details(mv),
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -133,6 +134,15 @@ pub struct ServeArgs {
     /// socket file left by an earlier run is replaced.
     #[arg(long, value_name = "PATH")]
     pub unix_socket: Option<PathBuf>,
+    /// Also serve the Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, as the
+    /// Triton and KServe gRPC clients call it) on this port of --host (0 picks a free one); off
+    /// when not given.
+    #[arg(long, env = "SLUICE_GRPC_PORT", value_name = "PORT")]
+    pub grpc_port: Option<u16>,
+    /// The service this replica serves: names the folder of its collected data (with
+    /// collect_model_data in the deployment config); the control plane sets it.
+    #[arg(long, env = "SLUICE_SERVICE", default_value = "serve", hide = true)]
+    pub service_name: String,
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[command(flatten)]
@@ -163,6 +173,7 @@ impl TuningArgs {
         Ok(ServeConfig {
             home: home.to_path_buf(),
             models,
+            sources: Vec::new(),
             defaults: self.defaults(),
             deploy: deploy.unwrap_or_default(),
             per_model: per_model.unwrap_or_default(),
@@ -210,15 +221,21 @@ async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
 }
 
 /// Checks the settings, binds, loads, prints `banner(addr)` and serves until Ctrl-C or SIGTERM.
-fn run_server(
+/// `service` names the service a replica serves (for collected data); `serve` run by hand is
+/// its own service, `serve`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_server(
     host: &str,
     port: u16,
     unix_socket: Option<&Path>,
+    grpc_port: Option<u16>,
     tuning: &TuningArgs,
     limits: sluice_http1::Limits,
     config: ServeConfig,
+    service: &str,
     banner: impl FnOnce(SocketAddr, &Repository) -> String,
 ) -> anyhow::Result<()> {
+    let config_home = config.home.clone();
     let prepared = sluice_serving::prepare(config)?;
     let runtime = tokio_runtime(tuning.http_threads)?;
     // Bind before loading so a busy port fails at once, not after a slow model load.
@@ -226,6 +243,14 @@ fn run_server(
         .block_on(tokio::net::TcpListener::bind((host, port)))
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr = listener.local_addr()?;
+    let grpc = match grpc_port {
+        Some(port) => Some(
+            runtime
+                .block_on(tokio::net::TcpListener::bind((host, port)))
+                .with_context(|| format!("cannot listen for gRPC on {host}:{port}"))?,
+        ),
+        None => None,
+    };
     let unix = match unix_socket {
         Some(path) => Some(runtime.block_on(async { sluice_http1::stream::bind_unix(path) })?),
         None => None,
@@ -235,9 +260,52 @@ fn run_server(
         shutdown_signal()
     };
     let repository = prepared.load()?;
-    let state = AppState::new(repository, ServerConfig { max_body_bytes: tuning.max_body_bytes, limits });
-    println!("{}", banner(addr, &state.repository));
+    let deployment = match tuning.deploy_config.as_deref() {
+        Some(path) => Some(sluice_core::DeploymentConfig::from_json(
+            &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        )?),
+        None => None,
+    };
+    let collector = collector(&config_home, deployment.as_ref(), service)?;
+    trace_for_app_insights(deployment.as_ref());
+    // `serve` run by hand is no control plane's service.
+    let service_name = (service != "serve").then(|| Arc::from(service));
+    let config = ServerConfig { max_body_bytes: tuning.max_body_bytes, limits, collector, service: service_name };
+    let state = AppState::new(repository, config);
+    let mut line = banner(addr, &state.repository);
+    // The gRPC front stops with the HTTP one: at the same signal, after in-flight calls.
+    let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        stop_grpc.send_replace(true);
+    };
+    let grpc = match grpc {
+        Some(listener) => {
+            line.push_str(&format!(", OIP gRPC on {}", listener.local_addr()?));
+            let options = sluice_grpc::Options {
+                max_message_bytes: tuning.max_body_bytes,
+                max_connections: state.config.limits.max_connections,
+                first_bytes_timeout: state.config.limits.header_read_timeout,
+                ..Default::default()
+            };
+            let state = state.clone();
+            let handler = move |request| {
+                let state = state.clone();
+                async move { sluice_server::call(&state, request).await }
+            };
+            let mut stopped = grpc_stopped;
+            let stopped = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            Some(runtime.spawn(sluice_grpc::serve(listener, handler, options, stopped)))
+        }
+        None => None,
+    };
+    println!("{line}");
     let served = runtime.block_on(sluice_server::serve(listener, unix, state, shutdown));
+    if let Some(grpc) = grpc {
+        runtime.block_on(grpc)?.context("the gRPC front failed")?;
+    }
     if let Some(path) = unix_socket {
         let _ = std::fs::remove_file(path);
     }
@@ -246,7 +314,7 @@ fn run_server(
     Ok(())
 }
 
-fn listing(repository: &Repository) -> String {
+pub(crate) fn listing(repository: &Repository) -> String {
     repository.all().map(|m| format!("{}:{}", m.name(), m.version())).collect::<Vec<_>>().join(", ")
 }
 
@@ -255,7 +323,9 @@ pub fn serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let limits = args.front_door.limits()?;
     let addr_file = args.addr_file;
     let unix_socket = args.unix_socket;
-    run_server(&args.host, args.port, unix_socket.as_deref(), &args.tuning, limits, config, |addr, repo| {
+    let service = args.service_name.clone();
+    let (host, port, grpc) = (&args.host, args.port, args.grpc_port);
+    run_server(host, port, unix_socket.as_deref(), grpc, &args.tuning, limits, config, &service, |addr, repo| {
         if let Some(path) = &addr_file {
             // The TCP address, then the Unix socket's when there is one. Written whole then
             // renamed, so a reader never sees half of it.
@@ -271,6 +341,39 @@ pub fn serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
         }
         format!("sluice: serving {} on http://{addr}", listing(repo))
     })
+}
+
+/// Where a replica whose deployment config has `enable_app_insights: true` sends its traces when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` names no collector: the OpenTelemetry collector beside it (the
+/// OTLP/HTTP port), which forwards to Application Insights with its Azure Monitor exporter.
+const APP_INSIGHTS_COLLECTOR: &str = "http://localhost:4318";
+
+/// Turns tracing on for `enable_app_insights: true` (tracing is already on when the variable is
+/// set).
+fn trace_for_app_insights(deployment: Option<&sluice_core::DeploymentConfig>) {
+    if deployment.is_some_and(|d| d.enable_app_insights == Some(true)) && !sluice_telemetry::trace::enabled() {
+        sluice_telemetry::trace::init_from_env("sluice-serve", Some(APP_INSIGHTS_COLLECTOR));
+    }
+}
+
+/// The model data collector the deployment config asks for (`collect_model_data`), writing
+/// under `<home>/collected/<service>/`.
+fn collector(
+    home: &Path,
+    deployment: Option<&sluice_core::DeploymentConfig>,
+    service: &str,
+) -> anyhow::Result<Option<Arc<sluice_collect::Collector>>> {
+    let Some(config) = deployment else { return Ok(None) };
+    if config.collect_model_data != Some(true) {
+        return Ok(None);
+    }
+    let rate = config.collect_model_data_sample_rate.unwrap_or(1.0);
+    let settings = sluice_collect::CollectConfig::new(home.join("collected"), service, rate);
+    let dir = settings.root.join(service);
+    let collector = sluice_collect::Collector::start(settings)
+        .with_context(|| format!("starting model data collection in {}", dir.display()))?;
+    tracing::info!(service, sample_rate = rate, dir = %dir.display(), "collecting model data");
+    Ok(Some(collector))
 }
 
 pub(crate) fn bundled_models_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {

@@ -15,7 +15,7 @@ use crate::model::{
 };
 use crate::services::check_name_free;
 use crate::store::Reads;
-use crate::{ControlError, ControlPlane, check_name, lock, timestamp, unix_now};
+use crate::{ControlError, ControlPlane, REPORT_MAX_AGE, check_name, lock, timestamp, unix_now};
 
 /// Applies `change` to `versions`: adds the version when `new`, else changes it.
 fn apply(versions: &mut Vec<EndpointVersion>, change: &VersionChange, new: bool) -> Result<(), ControlError> {
@@ -195,11 +195,30 @@ impl ControlPlane {
     }
 
     pub fn endpoint_status(&self, name: &str) -> Result<EndpointStatus, ControlError> {
-        self.stored_endpoint(name)
+        self.stored_endpoint(name).map(|s| self.with_traffic(s))
     }
 
     pub fn list_endpoints(&self) -> Result<Vec<EndpointStatus>, ControlError> {
-        Ok(lock(&self.store).endpoints()?.into_iter().map(status).collect())
+        Ok(lock(&self.store).endpoints()?.into_iter().map(status).map(|s| self.with_traffic(s)).collect())
+    }
+
+    /// Keeps a gateway's latest traffic report (replacing its previous one).
+    pub fn record_gateway_report(&self, report: sluice_routing::GatewayReport) {
+        self.record_load(&report.gateway, &report.services);
+        let mut reports = lock(&self.gateway_reports);
+        reports.retain(|_, (at, _)| at.elapsed() < REPORT_MAX_AGE);
+        reports.insert(report.gateway.clone(), (std::time::Instant::now(), report));
+    }
+
+    /// `status` with each version's traffic, added up over the gateways that reported lately.
+    fn with_traffic(&self, mut status: EndpointStatus) -> EndpointStatus {
+        let reports = lock(&self.gateway_reports);
+        let fresh: Vec<&sluice_routing::GatewayReport> =
+            reports.values().filter(|(at, _)| at.elapsed() < REPORT_MAX_AGE).map(|(_, r)| r).collect();
+        for v in &mut status.versions {
+            v.stats = sluice_routing::report::version_stats(&fresh, &status.name, &v.name);
+        }
+        status
     }
 
     pub fn keys(&self, name: &str) -> Result<Keys, ControlError> {
@@ -302,10 +321,12 @@ fn status(spec: EndpointSpec) -> EndpointStatus {
             traffic_percentile: v.traffic_percentile,
             effective_percent: shares.iter().find(|(n, _)| *n == v.name).map_or(0.0, |(_, s)| *s),
             shadow_percent: v.shadow_percent,
+            stats: None,
         })
         .collect();
     EndpointStatus {
         scoring_path: format!("/endpoints/{}/score", spec.name),
+        swagger_uri: Some(format!("/endpoints/{}/swagger.json", spec.name)),
         name: spec.name,
         auth: spec.auth,
         versions,

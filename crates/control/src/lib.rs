@@ -1,17 +1,20 @@
 //! The Sluice control plane: services (models deployed with a deployment config, run as replica
-//! processes on the local target), endpoints (up to six versions with traffic shares), keys and
+//! processes on the local target or as containers on a [`target::ReplicaTarget`]), endpoints (up to six versions with traffic shares), keys and
 //! tokens, state and logs. It persists everything in the data directory's SQLite database,
 //! publishes the gateway configuration (key digests and public keys only), and serves the admin
 //! API the CLI talks to.
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod autoscale;
 mod endpoints;
 pub mod model;
+mod models;
 mod secrets;
 mod services;
 mod store;
 pub mod supervisor;
+pub mod target;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,13 +27,17 @@ use sluice_routing::{AuthPolicy, EndpointRoute, GatewayConfig, ServiceRoute};
 use tokio::sync::watch;
 
 pub use api::router;
+pub use autoscale::{AutoscaleStatus, Decision};
 pub use model::*;
+pub use models::{MAX_MODEL_BYTES, RegisterModel};
 pub use secrets::{
-    admin_token_path, control_url_path, gateway_token_path, read_admin_token, read_gateway_token, write_control_url,
+    admin_token_path, control_url_path, gateway_credential, gateway_token_path, read_admin_token, read_gateway_token,
+    read_secret, write_control_url,
 };
 pub use store::services_using_model;
 use store::{Reads, Store};
 use supervisor::{Found, Group};
+use target::ReplicaTarget;
 
 /// Control plane settings fixed at start.
 #[derive(Debug, Clone)]
@@ -45,6 +52,12 @@ pub struct ControlSettings {
     pub stop_grace: Duration,
     /// ONNX Runtime library handed to replicas, if set explicitly.
     pub ort_lib: Option<PathBuf>,
+    /// Files holding the admin and gateway credentials (a Kubernetes Secret, say) instead of the
+    /// ones the control plane creates in its data directory.
+    pub admin_token_file: Option<PathBuf>,
+    pub gateway_token_file: Option<PathBuf>,
+    /// How long an autoscaled service's load must stay below its target before replicas go.
+    pub autoscale_down_delay: Duration,
 }
 
 /// Everything that can go wrong in a control-plane operation; each maps to one status.
@@ -58,6 +71,9 @@ pub enum ControlError {
     Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The deploy target (a Kubernetes API server, a Docker Engine) refused or failed.
+    #[error("{0}")]
+    Target(#[from] target::TargetError),
     /// A model reference the registry could not resolve, or the registry itself failing; which
     /// one decides the status ([`RegistryError::is_internal`]).
     #[error("model '{reference}': {source}")]
@@ -91,7 +107,19 @@ pub struct ControlPlane {
     config_tx: watch::Sender<Arc<GatewayConfig>>,
     generation: AtomicU64,
     http: reqwest::Client,
+    /// Where replicas run when not as local processes.
+    remote: Option<Arc<dyn ReplicaTarget>>,
+    /// Each gateway's latest traffic report, by gateway id, with when it came.
+    gateway_reports: Mutex<HashMap<String, (std::time::Instant, sluice_routing::GatewayReport)>>,
+    /// Each gateway's busy time per service, by (gateway, service): the autoscaler's input.
+    load: Mutex<HashMap<(String, String), autoscale::LoadSample>>,
+    /// The autoscaler's state per autoscaled service.
+    scaling: Mutex<HashMap<String, autoscale::Scaling>>,
 }
+
+/// A gateway that has not reported for this long is gone (or cut off): its counters no longer
+/// count. Gateways report every second.
+const REPORT_MAX_AGE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,24 +137,8 @@ pub fn unix_now() -> u64 {
 }
 
 fn timestamp() -> String {
-    // RFC 3339 without a date library: seconds are enough for created/updated times.
-    let secs = unix_now();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's days-to-civil algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    // Seconds are enough for created/updated times.
+    sluice_core::time::Utc::now().rfc3339_seconds()
 }
 
 impl ControlPlane {
@@ -136,16 +148,30 @@ impl ControlPlane {
     /// are stopped once their service is ready, so a gateway that kept serving through the outage
     /// loses nothing.
     pub fn start(settings: ControlSettings) -> anyhow::Result<Arc<Self>> {
+        Self::start_on(settings, None)
+    }
+
+    /// Starts with replicas on `remote` instead of local processes (with `None`, as [`start`]).
+    /// Every stored service is applied to the target again; it finds what already runs (replicas
+    /// outlive the control plane) and changes only what differs.
+    ///
+    /// [`start`]: ControlPlane::start
+    pub fn start_on(settings: ControlSettings, remote: Option<Arc<dyn ReplicaTarget>>) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&settings.home)?;
-        let admin_token = secrets::credential(&settings.home, &secrets::admin_token_path(&settings.home))?;
-        let gateway_token = secrets::credential(&settings.home, &secrets::gateway_token_path(&settings.home))?;
+        let home = &settings.home;
+        let admin_token =
+            secrets::given_or_created(home, &admin_token_path(home), settings.admin_token_file.as_deref(), "admin")?;
+        let gateway_token = secrets::gateway_credential(home, settings.gateway_token_file.as_deref())?;
         let signer = secrets::signing_key(&settings.home)?;
         let store = Store::open(&settings.home)?;
-        let recorded = store.replica_pids()?;
-        let mut left = supervisor::find_replicas(&settings.home, recorded.iter().map(|(pid, _)| *pid));
-        for (pid, _) in &recorded {
-            if !left.iter().any(|f| f.pid == *pid) {
-                store.remove_replica_pid(*pid)?;
+        let mut left = Vec::new();
+        if remote.is_none() {
+            let recorded = store.replica_pids()?;
+            left = supervisor::find_replicas(&settings.home, recorded.iter().map(|(pid, _)| *pid));
+            for (pid, _) in &recorded {
+                if !left.iter().any(|f| f.pid == *pid) {
+                    store.remove_replica_pid(*pid)?;
+                }
             }
         }
         // Unix milliseconds: generations keep increasing across restarts, so a gateway that
@@ -162,8 +188,21 @@ impl ControlPlane {
             config_tx: watch::channel(Arc::new(GatewayConfig::default())).0,
             generation: AtomicU64::new(generation),
             http,
+            remote,
+            gateway_reports: Mutex::new(HashMap::new()),
+            load: Mutex::new(HashMap::new()),
+            scaling: Mutex::new(HashMap::new()),
         });
+        cp.start_autoscaler();
         let specs = lock(&cp.store).services()?;
+        if let Some(remote) = &cp.remote {
+            for spec in &specs {
+                remote.apply(cp.deployment(spec)?);
+            }
+            cp.follow_target(remote.changes());
+            cp.publish();
+            return Ok(cp);
+        }
         for spec in specs {
             let plan = cp.plan(&spec)?;
             // One process per slot of this generation is adopted; the rest stay in `left`.
@@ -204,7 +243,8 @@ impl ControlPlane {
         Jwks { keys: vec![self.signer.public_jwk()] }
     }
 
-    /// Stops every replica, letting in-flight requests finish.
+    /// Stops every local replica, letting in-flight requests finish. Replicas on a remote target
+    /// keep running: gateways keep serving through the control plane's absence.
     pub async fn shutdown(&self) {
         let groups: Vec<Arc<Group>> =
             lock(&self.runtimes).drain().flat_map(|(_, rt)| std::iter::once(rt.current).chain(rt.next)).collect();
@@ -213,6 +253,25 @@ impl ControlPlane {
         }
         for g in groups {
             g.stop_and_wait().await;
+        }
+    }
+
+    /// Republishes the gateway configuration whenever the remote target reports a change.
+    fn follow_target(self: &Arc<Self>, mut changes: watch::Receiver<u64>) {
+        let cp = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(cp) = cp.upgrade() else { break };
+                cp.publish();
+            }
+        });
+    }
+
+    /// `host:port` of the ready replicas of `service`.
+    fn ready_addresses(&self, runtimes: &HashMap<String, ServiceRuntime>, service: &str) -> Vec<String> {
+        match &self.remote {
+            Some(remote) => remote.observe(service).ready_addresses,
+            None => runtimes.get(service).map(|rt| rt.current.ready_addresses()).unwrap_or_default(),
         }
     }
 
@@ -246,7 +305,7 @@ impl ControlPlane {
         };
         let mut services = Vec::new();
         for spec in store.services()? {
-            let replicas = runtimes.get(&spec.name).map(|rt| rt.current.ready_addresses()).unwrap_or_default();
+            let replicas = self.ready_addresses(&runtimes, &spec.name);
             let models = spec.models.iter().map(|m| m.split(':').next().unwrap_or(m).to_owned()).collect();
             let auth = policy("service", &spec.name, services::auth_mode(&spec.deploy_config))?;
             let replica_capacity = services::replica_capacity(&spec);
@@ -354,6 +413,21 @@ impl ControlPlane {
     fn home(&self) -> &Path {
         &self.settings.home
     }
+
+    /// The stored bytes of a registered artifact, by its lowercase hex SHA-256: what remote
+    /// replicas fetch their models from (and check against the same hash).
+    pub fn artifact_path(&self, sha256: &str) -> Result<PathBuf, ControlError> {
+        let well_formed =
+            sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !well_formed {
+            return Err(ControlError::Invalid(format!("'{sha256}' is not a lowercase hex SHA-256")));
+        }
+        let path = self.home().join("artifacts").join("sha256").join(sha256);
+        if !path.is_file() {
+            return Err(ControlError::NotFound(format!("no artifact with SHA-256 {sha256}")));
+        }
+        Ok(path)
+    }
 }
 
 /// Names of services, endpoints and versions: what fits a URL path segment and a metric label.
@@ -375,13 +449,6 @@ fn check_name(what: &str, name: &str) -> Result<(), ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
-    }
 
     #[test]
     fn names() {

@@ -57,10 +57,14 @@ pub enum ServiceState {
     Failed,
 }
 
-/// One replica process as the control plane sees it.
+/// One replica as the control plane sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     pub index: usize,
+    /// The pod or container name, on a target that runs replicas in containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The process id, on the local target.
     pub pid: Option<u32>,
     pub address: Option<String>,
     pub ready: bool,
@@ -78,8 +82,16 @@ pub struct ServiceStatus {
     pub auth: AuthMode,
     pub desired_replicas: usize,
     pub replicas: Vec<ReplicaStatus>,
+    /// For an autoscaled service: bounds, current and desired replicas, utilization and the last
+    /// decision with its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::AutoscaleStatus>,
     /// Path on the gateway that scores with this service.
     pub scoring_path: String,
+    /// Path on the gateway of this service's OpenAPI document (no credential needed). Absent
+    /// from control planes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swagger_uri: Option<String>,
     pub generation: u64,
     pub deploy_config: serde_json::Value,
     /// Settings of `deploy_config` that have no effect on this target, each with why: named so
@@ -171,6 +183,9 @@ pub struct VersionStatus {
     /// Share of live traffic in percent, the default's remainder included.
     pub effective_percent: f64,
     pub shadow_percent: Option<f64>,
+    /// Requests, errors and latency the gateways saw for this version (since each started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<sluice_routing::VersionStats>,
 }
 
 /// `GET /v1/endpoints/{name}`.
@@ -179,6 +194,10 @@ pub struct EndpointStatus {
     pub name: String,
     pub auth: AuthMode,
     pub scoring_path: String,
+    /// Path on the gateway of the endpoint's OpenAPI document (its default version's, no
+    /// credential needed). Absent from control planes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swagger_uri: Option<String>,
     pub versions: Vec<VersionStatus>,
     pub created_at: String,
     pub updated_at: String,
@@ -236,6 +255,19 @@ pub struct TokenResponse {
     pub expires_on: u64,
     /// Unix seconds after which the caller should fetch a new token.
     pub refresh_by: u64,
+}
+
+/// `GET /v1/services/{name}/data`: where a service's collected model data is and how much.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceData {
+    pub service: String,
+    /// Whether its deployment config asks for collection (`collect_model_data`).
+    pub collecting: bool,
+    pub sample_rate: Option<f64>,
+    /// The files on this host, under `<data dir>/collected/<service>/<model>/<version>/<inputs|predictions>/<yyyy>/<mm>/<dd>/`.
+    pub usage: sluice_collect::Usage,
+    /// Where else data is, when replicas run elsewhere.
+    pub note: Option<String>,
 }
 
 /// `GET /v1/services/{name}/logs`: one chunk per replica.

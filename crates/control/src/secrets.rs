@@ -41,7 +41,8 @@ pub fn read_gateway_token(home: &Path) -> anyhow::Result<String> {
     read_secret(&gateway_token_path(home))
 }
 
-fn read_secret(path: &Path) -> anyhow::Result<String> {
+/// Reads a credential file, trimmed.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the credential {} (has `sluice control` or `sluice up` run with this data directory?)",
@@ -74,6 +75,26 @@ pub(crate) fn credential(home: &Path, path: &Path) -> anyhow::Result<String> {
         write_private(path, sluice_auth::generate_key().as_bytes())?;
     }
     read_secret(path)
+}
+
+/// The `which` credential, kept at `path`: read from `given` when set, else created in the data directory on
+/// first start. A given one is written to the data directory as well, so the CLI on this host
+/// finds it as usual. Too short a given credential is refused: it guards the whole API.
+pub(crate) fn given_or_created(home: &Path, path: &Path, given: Option<&Path>, which: &str) -> anyhow::Result<String> {
+    let Some(given) = given else { return credential(home, path) };
+    let token = read_secret(given)?;
+    if token.len() < 32 {
+        anyhow::bail!("the {which} credential in {} is shorter than 32 characters", given.display());
+    }
+    control_dir(home)?;
+    write_private(path, token.as_bytes())?;
+    Ok(token)
+}
+
+/// The gateway credential the control plane of `home` uses (see [`given_or_created`]): what a
+/// target hands its replicas before the control plane starts.
+pub fn gateway_credential(home: &Path, given: Option<&Path>) -> anyhow::Result<String> {
+    given_or_created(home, &gateway_token_path(home), given, "gateway")
 }
 
 /// The token signing key, created on first start.

@@ -6,6 +6,8 @@ use std::time::Duration;
 use sluice_core::DeploymentConfig;
 use sluice_registry::{ModelRef, Registry};
 
+use crate::target::{ReplicaModel, ReplicaSpec, ServiceDeployment};
+
 use crate::model::{
     AuthMode, CreateService, IgnoredSetting, Keys, LogChunk, ServiceSpec, ServiceState, ServiceStatus, UpdateService,
 };
@@ -47,14 +49,11 @@ pub(crate) fn auth_mode(deploy_config: &serde_json::Value) -> AuthMode {
     }
 }
 
-/// The settings of a stored deployment config that the local target does not act on.
-fn ignored_on_local(deploy_config: &serde_json::Value) -> Vec<IgnoredSetting> {
+/// The settings of a stored deployment config that the target does not act on.
+fn ignored_settings(deploy_config: &serde_json::Value, in_containers: bool) -> Vec<IgnoredSetting> {
     let Ok(config) = serde_json::from_value::<DeploymentConfig>(deploy_config.clone()) else { return Vec::new() };
-    config
-        .without_effect_on_local()
-        .into_iter()
-        .map(|n| IgnoredSetting { field: n.field.to_owned(), reason: n.reason })
-        .collect()
+    let ignored = if in_containers { config.without_effect_in_containers() } else { config.without_effect_on_local() };
+    ignored.into_iter().map(|n| IgnoredSetting { field: n.field.to_owned(), reason: n.reason }).collect()
 }
 
 /// A deployment config, checked, with explicit keys taken out: keys live in the credentials table
@@ -148,7 +147,101 @@ fn check_models_registered(tx: &Txn<'_>, models: &[String]) -> Result<(), Contro
     Ok(())
 }
 
+/// Replicas a deployment config starts with: `num_replicas`, or `autoscale_min_replicas` (the
+/// autoscaler adds more under load).
+fn replica_count(config: &DeploymentConfig) -> usize {
+    match autoscale_range(config) {
+        Some((min, _)) => min,
+        None => config.num_replicas.unwrap_or(1) as usize,
+    }
+}
+
+/// `(min, max)` replicas of an autoscaled service (Azure ML's defaults: 1 and 10).
+pub(crate) fn autoscale_range(config: &DeploymentConfig) -> Option<(usize, usize)> {
+    (config.autoscale_enabled == Some(true)).then(|| {
+        let min = config.autoscale_min_replicas.unwrap_or(1).max(1) as usize;
+        (min, (config.autoscale_max_replicas.unwrap_or(10) as usize).max(min))
+    })
+}
+
 impl ControlPlane {
+    /// Replicas a service starts a generation with: what the autoscaler chose last when it has,
+    /// so an update does not drop a scaled-up service back to its minimum.
+    fn autoscaled_count(&self, service: &str, config: &DeploymentConfig) -> usize {
+        let base = replica_count(config);
+        match (autoscale_range(config), lock(&self.scaling).get(service)) {
+            (Some((min, max)), Some(s)) if s.desired > 0 => s.desired.clamp(min, max),
+            _ => base,
+        }
+    }
+
+    /// What a remote target runs for `spec`: the models by content hash, the configs, resources
+    /// and probes. Read from the registry outside any store transaction (opening it may write).
+    pub(crate) fn deployment(&self, spec: &ServiceSpec) -> Result<ServiceDeployment, ControlError> {
+        let registry = Registry::open(self.home()).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let mut models = Vec::with_capacity(spec.models.len());
+        for m in &spec.models {
+            let registry_error = |source| ControlError::Registry { reference: m.clone(), source };
+            let reference: ModelRef = m.parse().map_err(registry_error)?;
+            let mv = registry.resolve(&reference).map_err(registry_error)?;
+            models.push(ReplicaModel {
+                name: mv.name,
+                version: mv.version,
+                format: mv.format,
+                sha256: mv.sha256,
+                size_bytes: mv.size_bytes,
+                config: mv.config,
+                signature: mv.signature,
+            });
+        }
+        let config: DeploymentConfig =
+            serde_json::from_value(spec.deploy_config.clone()).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let (resources, probes) = ServiceDeployment::settings_from(&config);
+        Ok(ServiceDeployment {
+            replicas: self.autoscaled_count(&spec.name, &config),
+            spec: ReplicaSpec {
+                service: spec.name.clone(),
+                generation: spec.generation,
+                models,
+                deploy_config: spec.deploy_config.clone(),
+                inference_config: spec.inference_config.clone(),
+            },
+            resources,
+            probes,
+        })
+    }
+
+    /// Starts what `spec` (just stored) asks for: local replicas for `plan`, or the deployment on
+    /// the remote target. Called with the store locked, so launches follow the order of the
+    /// store's writes and an older generation never lands after a newer one.
+    fn launch(self: &Arc<Self>, spec: &ServiceSpec, plan: Option<Plan>) -> Result<(), ControlError> {
+        if let Some(remote) = &self.remote {
+            remote.apply(self.deployment(spec)?);
+            return Ok(());
+        }
+        let Some(plan) = plan else { return Err(ControlError::Internal("a local service needs a plan".into())) };
+        let next = Group::start(self, plan);
+        let superseded = {
+            let mut runtimes = lock(&self.runtimes);
+            match runtimes.get_mut(&spec.name) {
+                Some(rt) => rt.next.replace(next),
+                None => {
+                    runtimes.insert(spec.name.clone(), ServiceRuntime { current: next, next: None });
+                    None
+                }
+            }
+        };
+        if let Some(old) = superseded {
+            old.stop();
+        }
+        Ok(())
+    }
+
+    /// The local plan of `spec`, unless replicas run on a remote target.
+    fn local_plan(&self, spec: &ServiceSpec) -> Result<Option<Plan>, ControlError> {
+        if self.remote.is_some() { Ok(None) } else { self.plan(spec).map(Some) }
+    }
+
     /// Writes the files replicas of `spec` start from and says how to run them.
     pub(crate) fn plan(&self, spec: &ServiceSpec) -> Result<Plan, ControlError> {
         let internal = |e: std::io::Error| ControlError::Internal(format!("writing service files: {e}"));
@@ -166,17 +259,8 @@ impl ControlPlane {
         };
         let config: DeploymentConfig =
             serde_json::from_value(spec.deploy_config.clone()).map_err(|e| ControlError::Internal(e.to_string()))?;
-        let replicas = if config.autoscale_enabled == Some(true) {
-            let min = config.autoscale_min_replicas.unwrap_or(1).max(1);
-            tracing::warn!(
-                service = %spec.name,
-                replicas = min,
-                "autoscaling is not implemented on the local target yet; running autoscale_min_replicas"
-            );
-            min
-        } else {
-            config.num_replicas.unwrap_or(1)
-        } as usize;
+        let replicas = self.autoscaled_count(&spec.name, &config);
+        let slots = autoscale_range(&config).map_or(replicas, |(_, max)| max);
         let probe = Probe {
             period: Duration::from_secs(u64::from(config.period_seconds.unwrap_or(10).max(1))),
             timeout: Duration::from_secs(u64::from(config.timeout_seconds.unwrap_or(2).max(1))),
@@ -187,6 +271,7 @@ impl ControlPlane {
             generation: spec.generation,
             models: spec.models.clone(),
             replicas,
+            slots,
             deploy_config,
             inference_config,
             dir,
@@ -223,12 +308,11 @@ impl ControlPlane {
             check_name_free(tx, &spec.name)?;
             check_models_registered(tx, &spec.models)?;
             // Only the winner of a race for the name writes the service's files.
-            let plan = self.plan(&spec)?;
+            let plan = self.local_plan(&spec)?;
             tx.insert_service(&spec, &keys)?;
             Ok::<_, ControlError>(plan)
         })?;
-        let group = Group::start(self, plan);
-        lock(&self.runtimes).insert(spec.name.clone(), ServiceRuntime { current: group, next: None });
+        self.launch(&spec, plan)?;
         drop(store);
         tracing::info!(service = %spec.name, models = ?spec.models, replicas = deploy.config.num_replicas.unwrap_or(1), "service created");
         self.publish();
@@ -243,7 +327,7 @@ impl ControlPlane {
         let models = request.models.as_deref().map(|refs| resolve_models(self.home(), refs)).transpose()?;
         let deploy = request.deploy_config.map(|c| check_deploy_config(Some(c))).transpose()?;
         let mut store = lock(&self.store);
-        let (plan, generation) = store.write(|tx| {
+        let (plan, spec) = store.write(|tx| {
             let mut spec =
                 tx.service(name)?.ok_or_else(|| ControlError::NotFound(format!("no service named '{name}'")))?;
             let mut new_keys = None;
@@ -268,26 +352,13 @@ impl ControlPlane {
             check_inference_config(&spec.inference_config, &spec.models)?;
             spec.generation += 1;
             spec.updated_at = timestamp();
-            let plan = self.plan(&spec)?;
+            let plan = self.local_plan(&spec)?;
             tx.update_service(&spec, new_keys.as_ref())?;
-            Ok::<_, ControlError>((plan, spec.generation))
+            Ok::<_, ControlError>((plan, spec))
         })?;
-        let next = Group::start(self, plan);
-        let superseded = {
-            let mut runtimes = lock(&self.runtimes);
-            match runtimes.get_mut(name) {
-                Some(rt) => rt.next.replace(next),
-                None => {
-                    runtimes.insert(name.to_owned(), ServiceRuntime { current: next, next: None });
-                    None
-                }
-            }
-        };
+        self.launch(&spec, plan)?;
         drop(store);
-        if let Some(old) = superseded {
-            old.stop();
-        }
-        tracing::info!(service = name, generation, "service update rolling out");
+        tracing::info!(service = name, generation = spec.generation, "service update rolling out");
         self.publish();
         self.service_status(name)
     }
@@ -336,6 +407,9 @@ impl ControlPlane {
             Ok(())
         })?;
         let runtime = lock(&self.runtimes).remove(name);
+        if let Some(remote) = &self.remote {
+            remote.remove(name);
+        }
         let doomed =
             self.home().join("services").join(format!(".deleted-{name}-{:08x}", sluice_routing::random_seed() as u32));
         let moved = std::fs::rename(&dir, &doomed).is_ok();
@@ -360,11 +434,13 @@ impl ControlPlane {
 
     fn status_of(&self, spec: ServiceSpec) -> ServiceStatus {
         let runtimes = lock(&self.runtimes);
-        let (state, reason, replicas, desired) = match runtimes.get(&spec.name) {
-            None => (ServiceState::Failed, Some("not running".to_owned()), Vec::new(), 0),
-            Some(rt) => {
+        let remote = self.remote.as_ref().map(|r| r.observe(&spec.name));
+        let (state, reason, replicas, desired) = match (remote, runtimes.get(&spec.name)) {
+            (Some(o), _) => (o.state, o.reason, o.replicas, o.desired),
+            (None, None) => (ServiceState::Failed, Some("not running".to_owned()), Vec::new(), 0),
+            (None, Some(rt)) => {
                 let current = &rt.current;
-                let replicas = current.replicas.iter().map(|r| r.status()).collect();
+                let replicas = current.running().iter().map(|r| r.status()).collect();
                 let (state, reason) = match &rt.next {
                     Some(next) => match next.failure() {
                         Some(f) => (
@@ -385,13 +461,18 @@ impl ControlPlane {
                     },
                     None => current.state(),
                 };
-                let desired = rt.next.as_ref().unwrap_or(current).plan.replicas;
+                let desired = rt.next.as_ref().unwrap_or(current).active();
                 (state, reason, replicas, desired)
             }
         };
+        let autoscale = serde_json::from_value::<DeploymentConfig>(spec.deploy_config.clone())
+            .ok()
+            .and_then(|c| self.autoscale_status(&spec.name, &c, replicas.len()));
         ServiceStatus {
+            autoscale,
             scoring_path: format!("/services/{}/score", spec.name),
-            ignored_settings: ignored_on_local(&spec.deploy_config),
+            swagger_uri: Some(format!("/services/{}/swagger.json", spec.name)),
+            ignored_settings: ignored_settings(&spec.deploy_config, self.remote.is_some()),
             auth: auth_mode(&spec.deploy_config),
             name: spec.name,
             models: spec.models,
@@ -407,27 +488,60 @@ impl ControlPlane {
         }
     }
 
-    /// Log text of the serving replicas (or one of them), from `offset` or the recent tail.
-    pub fn service_logs(
+    /// Where the service's collected model data is, and how much there is.
+    pub fn service_data(&self, name: &str) -> Result<crate::model::ServiceData, ControlError> {
+        let spec = self.stored_service(name)?;
+        let config: Option<DeploymentConfig> = serde_json::from_value(spec.deploy_config).ok();
+        let collecting = config.as_ref().is_some_and(|c| c.collect_model_data == Some(true));
+        let note = self.remote.as_ref().map(|r| {
+            format!(
+                "replicas run on the {} target: each keeps its data in its container under /data/collected/{name}/",
+                r.name()
+            )
+        });
+        Ok(crate::model::ServiceData {
+            service: name.to_owned(),
+            collecting,
+            sample_rate: collecting.then(|| config.and_then(|c| c.collect_model_data_sample_rate).unwrap_or(1.0)),
+            usage: sluice_collect::usage(&self.home().join("collected").join(name)),
+            note,
+        })
+    }
+
+    /// Log text of the serving replicas (or one of them), from `offset` or the recent tail (a
+    /// remote target gives its recent tail).
+    pub async fn service_logs(
         &self,
         name: &str,
         replica: Option<usize>,
         offset: Option<u64>,
     ) -> Result<Vec<LogChunk>, ControlError> {
         self.stored_service(name)?;
+        if let Some(remote) = &self.remote {
+            let replicas = remote.observe(name).replicas;
+            if let Some(i) = replica
+                && !replicas.iter().any(|r| r.index == i)
+            {
+                return Err(ControlError::NotFound(format!(
+                    "service '{name}' has no replica {i} now (it has {})",
+                    replicas.iter().map(|r| r.index.to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            return Ok(remote.logs(name, replica, offset).await?);
+        }
         let runtimes = lock(&self.runtimes);
         let Some(rt) = runtimes.get(name) else { return Ok(Vec::new()) };
         let group = rt.next.as_ref().unwrap_or(&rt.current);
         if let Some(i) = replica
-            && i >= group.replicas.len()
+            && i >= group.active()
         {
             return Err(ControlError::NotFound(format!(
                 "service '{name}' has replicas 0 to {}",
-                group.replicas.len().saturating_sub(1)
+                group.active().saturating_sub(1)
             )));
         }
         Ok(group
-            .replicas
+            .running()
             .iter()
             .filter(|r| replica.is_none_or(|i| i == r.index))
             .map(|r| {

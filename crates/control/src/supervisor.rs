@@ -27,11 +27,9 @@ use crate::model::{ReplicaStatus, ServiceState};
 const START_ATTEMPTS: u32 = 3;
 /// Longest a replica may take to load its models and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(300);
-/// A replica log is cut back to its newest quarter past this size.
-const LOG_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
-/// How often a running replica's log size is checked: the log stays within its limit plus what
-/// the replica writes in this time.
-const LOG_CHECK_PERIOD: Duration = Duration::from_millis(250);
+/// A replica rotates its log past this size, keeping one previous part (see
+/// `sluice_telemetry::logfile`): at most about twice this on disk per replica.
+const LOG_PART_BYTES: u64 = 2 * 1024 * 1024;
 /// How often a process adopted from an earlier control plane (not a child: it cannot be waited
 /// for) is checked for having exited.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);
@@ -50,7 +48,10 @@ pub struct Plan {
     pub service: String,
     pub generation: u64,
     pub models: Vec<String>,
+    /// Replicas to run at first.
     pub replicas: usize,
+    /// Replica slots: the most the autoscaler may run (`replicas` without autoscaling).
+    pub slots: usize,
     pub deploy_config: PathBuf,
     pub inference_config: Option<PathBuf>,
     pub dir: PathBuf,
@@ -67,6 +68,8 @@ pub struct Replica {
     /// host send requests (cheaper than loopback TCP). `address` stays what probes and people use.
     local_address: Mutex<Option<String>>,
     ready: AtomicBool,
+    /// Out of the gateways' configuration because the autoscaler is removing its slot.
+    draining: AtomicBool,
     restarts: AtomicU32,
     last_exit: Mutex<Option<String>>,
     pub log_path: PathBuf,
@@ -76,6 +79,7 @@ impl Replica {
     pub fn status(&self) -> ReplicaStatus {
         ReplicaStatus {
             index: self.index,
+            name: None,
             pid: Some(self.pid.load(Ordering::Relaxed)).filter(|&p| p != 0),
             address: lock(&self.address).clone(),
             ready: self.is_ready(),
@@ -90,7 +94,7 @@ impl Replica {
 
     /// The address gateways send callers to, when ready: the Unix socket if the replica has one.
     pub fn ready_address(&self) -> Option<String> {
-        if !self.is_ready() {
+        if !self.is_ready() || self.draining.load(Ordering::Acquire) {
             return None;
         }
         lock(&self.local_address).clone().or_else(|| lock(&self.address).clone())
@@ -101,10 +105,16 @@ impl Replica {
 #[derive(Debug)]
 pub struct Group {
     pub plan: Plan,
+    /// Every slot; the first `active` run a process, the others wait to be scaled up to.
     pub replicas: Vec<Arc<Replica>>,
     failed: Mutex<Option<String>>,
     ever_healthy: AtomicBool,
     stop: watch::Sender<bool>,
+    /// Slots that run (the autoscaler moves it); a slot at or past it drains and waits.
+    active: watch::Sender<usize>,
+    /// What the autoscaler asked for last: a scale-down waiting for gateways applies only if
+    /// nothing was asked since.
+    wanted: std::sync::atomic::AtomicUsize,
     /// Finished replica tasks; `stop_and_wait` waits for all of them.
     done: Arc<tokio::sync::Semaphore>,
 }
@@ -122,7 +132,7 @@ impl Group {
     /// Starts the replicas of `plan`, taking over `adopted` processes (left by an earlier control
     /// plane, running this plan's generation) in their slots instead of starting new ones there.
     pub fn start_adopting(cp: &Arc<ControlPlane>, plan: Plan, adopted: Vec<Found>) -> Arc<Group> {
-        let replicas = (0..plan.replicas)
+        let replicas = (0..plan.slots.max(plan.replicas))
             .map(|index| {
                 Arc::new(Replica {
                     index,
@@ -130,6 +140,7 @@ impl Group {
                     address: Mutex::new(None),
                     local_address: Mutex::new(None),
                     ready: AtomicBool::new(false),
+                    draining: AtomicBool::new(false),
                     restarts: AtomicU32::new(0),
                     last_exit: Mutex::new(None),
                     log_path: plan.dir.join(format!("replica-{index}.log")),
@@ -137,12 +148,14 @@ impl Group {
             })
             .collect();
         let group = Arc::new(Group {
-            plan,
             replicas,
             failed: Mutex::new(None),
             ever_healthy: AtomicBool::new(false),
             stop: watch::channel(false).0,
+            active: watch::channel(plan.replicas).0,
+            wanted: std::sync::atomic::AtomicUsize::new(plan.replicas),
             done: Arc::new(tokio::sync::Semaphore::new(0)),
+            plan,
         });
         for replica in &group.replicas {
             let adopt = adopted.iter().find(|f| f.index == replica.index).cloned();
@@ -151,9 +164,56 @@ impl Group {
         group
     }
 
+    /// The slots that run now.
+    pub fn running(&self) -> &[Arc<Replica>] {
+        &self.replicas[..(*self.active.borrow()).min(self.replicas.len())]
+    }
+
+    /// Replicas that run now (what the autoscaler last asked for).
+    pub fn active(&self) -> usize {
+        self.running().len()
+    }
+
+    /// Runs `n` replicas (within the slots): more start at once; fewer drain first, out of the
+    /// gateways' configuration before they stop, so no request is lost to a scale-down.
+    pub fn scale_to(self: &Arc<Self>, cp: &Arc<ControlPlane>, n: usize) {
+        let n = n.clamp(1, self.replicas.len());
+        let now = self.active();
+        self.wanted.store(n, Ordering::Release);
+        // Slots kept (a scale-down still waiting for gateways may be called off) serve again.
+        let mut returned = false;
+        for r in &self.replicas[..n.min(now)] {
+            returned |= r.draining.swap(false, Ordering::AcqRel);
+        }
+        if n > now {
+            self.active.send_replace(n);
+        } else if n < now {
+            for r in &self.replicas[n..now] {
+                r.draining.store(true, Ordering::Release);
+            }
+            let group = self.clone();
+            tokio::spawn(async move {
+                // Gateways need a moment to take the smaller set before those replicas stop.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if group.wanted.load(Ordering::Acquire) == n {
+                    group.active.send_if_modified(|a| {
+                        let lower = n < *a;
+                        if lower {
+                            *a = n;
+                        }
+                        lower
+                    });
+                }
+            });
+        }
+        if returned || n < now {
+            cp.publish();
+        }
+    }
+
     /// Ready addresses, for the gateway.
     pub fn ready_addresses(&self) -> Vec<String> {
-        self.replicas.iter().filter_map(|r| r.ready_address()).collect()
+        self.running().iter().filter_map(|r| r.ready_address()).collect()
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -161,7 +221,7 @@ impl Group {
     }
 
     pub fn all_ready(&self) -> bool {
-        self.replicas.iter().all(|r| r.is_ready())
+        self.running().iter().all(|r| r.is_ready())
     }
 
     /// State and reason of this generation on its own.
@@ -169,14 +229,14 @@ impl Group {
         if let Some(reason) = self.failure() {
             return (ServiceState::Failed, Some(reason));
         }
-        let ready = self.replicas.iter().filter(|r| r.is_ready()).count();
-        if ready == self.replicas.len() {
+        let running = self.running();
+        let ready = running.iter().filter(|r| r.is_ready()).count();
+        if ready == running.len() {
             return (ServiceState::Healthy, None);
         }
-        let progress = format!("{ready} of {} replicas ready", self.replicas.len());
+        let progress = format!("{ready} of {} replicas ready", running.len());
         if self.ever_healthy.load(Ordering::Relaxed) {
-            let why = self
-                .replicas
+            let why = running
                 .iter()
                 .find(|r| !r.is_ready())
                 .and_then(|r| lock(&r.last_exit).clone().map(|e| format!("replica {}: {e}", r.index)));
@@ -214,6 +274,8 @@ impl Group {
 struct Ended {
     became_ready: bool,
     stopped: bool,
+    /// Stopped because the autoscaler took its slot away: it waits to be needed again.
+    retired: bool,
     status: String,
 }
 
@@ -221,7 +283,16 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
     let mut backoff = Duration::from_millis(250);
     let mut start_failures = 0;
     while !group.stopping() {
-        trim_log(&replica.log_path, LOG_LIMIT_BYTES);
+        // A slot past the active count waits until the autoscaler needs it (or the group stops).
+        if replica.index >= *group.active.borrow() {
+            let (mut active, mut stop) = (group.active.subscribe(), group.stop.subscribe());
+            tokio::select! {
+                _ = needed(&mut active, replica.index) => {}
+                _ = stopped(&mut stop) => {}
+            }
+            start_failures = 0;
+            continue;
+        }
         let addr_file = group.plan.dir.join(format!("replica-{}.addr", replica.index));
         let (process, socket) = match adopt.take() {
             Some(found) => {
@@ -243,10 +314,7 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
         let pid = process.pid().unwrap_or(0);
         replica.pid.store(pid, Ordering::Relaxed);
         cp.replica_spawned(pid, &group.plan.service);
-        // The log is bounded while the process runs, not only between runs.
-        let log_watch = tokio::spawn(bound_log(replica.log_path.clone(), LOG_LIMIT_BYTES, LOG_CHECK_PERIOD));
         let ended = supervise(&cp, &group, &replica, process, &addr_file).await;
-        log_watch.abort();
         // A replica killed outright leaves its socket file behind.
         if let Some(path) = &socket {
             let _ = std::fs::remove_file(path);
@@ -258,6 +326,10 @@ async fn run_replica(cp: Arc<ControlPlane>, group: Arc<Group>, replica: Arc<Repl
         cp.replica_exited(pid, &group.plan.service);
         if ended.stopped {
             break;
+        }
+        if ended.retired {
+            replica.draining.store(false, Ordering::Release);
+            continue;
         }
         let tail = log_tail(&replica.log_path, 3);
         let exit =
@@ -365,7 +437,12 @@ fn spawn(
     if std::env::var_os("SLUICE_LOG_FORMAT").is_none() {
         cmd.env("SLUICE_LOG_FORMAT", "text");
     }
+    // The replica keeps its own log bounded: only the writer can rotate it without losing lines.
+    cmd.env(sluice_telemetry::logfile::LOG_FILE_ENV, &replica.log_path)
+        .env(sluice_telemetry::logfile::LOG_LIMIT_ENV, LOG_PART_BYTES.to_string());
     cmd.env("SLUICE_HOME", &cp.settings.home)
+        // Names the folder of the service's collected model data.
+        .env("SLUICE_SERVICE", &plan.service)
         // The flags above decide these; the control plane's own environment must not.
         .env_remove("SLUICE_HOST")
         .env_remove("SLUICE_PORT")
@@ -404,14 +481,18 @@ async fn supervise(
     addr_file: &Path,
 ) -> Ended {
     let mut stop = group.stop.subscribe();
+    let mut active = group.active.subscribe();
+    let index = replica.index;
     let started = Instant::now();
-    let ended = |status: String, became_ready: bool| Ended { became_ready, stopped: false, status };
+    let ended = |status: String, became_ready: bool| Ended { became_ready, stopped: false, retired: false, status };
+    let grace = cp.settings.stop_grace;
 
     // Phase 1: wait for the address file, written once the models are loaded and the port bound.
     let address = loop {
         tokio::select! {
             status = child.wait() => return ended(status, false),
-            _ = stopped(&mut stop) => return terminate(child, cp.settings.stop_grace).await,
+            _ = stopped(&mut stop) => return terminate(child, grace).await,
+            _ = retired(&mut active, index) => return Ended { retired: true, stopped: false, ..terminate(child, grace).await },
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         // The TCP address, then the Unix socket's when the replica listens on one.
@@ -434,7 +515,8 @@ async fn supervise(
     loop {
         tokio::select! {
             status = child.wait() => return ended(status, false),
-            _ = stopped(&mut stop) => return terminate(child, cp.settings.stop_grace).await,
+            _ = stopped(&mut stop) => return terminate(child, grace).await,
+            _ = retired(&mut active, index) => return Ended { retired: true, stopped: false, ..terminate(child, grace).await },
             ok = probe(&cp.http, &ready_url, Duration::from_secs(2)) => if ok { break },
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -453,7 +535,8 @@ async fn supervise(
     loop {
         tokio::select! {
             status = child.wait() => return ended(status, true),
-            _ = stopped(&mut stop) => return terminate(child, cp.settings.stop_grace).await,
+            _ = stopped(&mut stop) => return terminate(child, grace).await,
+            _ = retired(&mut active, index) => return Ended { retired: true, stopped: false, ..terminate(child, grace).await },
             _ = tokio::time::sleep(group.plan.probe.period) => {}
         }
         if probe(&cp.http, &live_url, group.plan.probe.timeout).await {
@@ -466,6 +549,16 @@ async fn supervise(
             return ended(format!("killed after {failures} failed liveness probes"), true);
         }
     }
+}
+
+/// Resolves once the autoscaler needs slot `index`.
+async fn needed(rx: &mut watch::Receiver<usize>, index: usize) {
+    let _ = rx.wait_for(|a| index < *a).await;
+}
+
+/// Resolves once the autoscaler takes slot `index` away.
+async fn retired(rx: &mut watch::Receiver<usize>, index: usize) {
+    let _ = rx.wait_for(|a| index >= *a).await;
 }
 
 /// Resolves once the group is asked to stop (the guard `wait_for` returns is not `Send`).
@@ -485,7 +578,7 @@ async fn terminate(mut child: Process, grace: Duration) -> Ended {
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         child.kill().await;
     }
-    Ended { became_ready: false, stopped: true, status: "stopped".into() }
+    Ended { became_ready: false, stopped: true, retired: false, status: "stopped".into() }
 }
 
 /// Stops a replica process an earlier control plane left: SIGTERM, then SIGKILL after `grace`.
@@ -518,39 +611,6 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Keeps a replica log within `limit` while the replica writes to it: checks every `period` and
-/// cuts it back past the limit. Runs until aborted.
-async fn bound_log(path: PathBuf, limit: u64, period: Duration) {
-    loop {
-        tokio::time::sleep(period).await;
-        trim_log(&path, limit);
-    }
-}
-
-/// Cuts a log past `limit` back to its newest quarter, from a line start. The replica has the file
-/// open for appending (O_APPEND), so it can be cut in place while the replica writes: after the
-/// truncation its next write lands at the new end. The kept part is written back through an
-/// appending handle too, so nothing the replica writes meanwhile is overwritten; a line written in
-/// the instant between reading the kept part and the truncation is lost, and one written between
-/// the truncation and the write-back lands before the kept part.
-fn trim_log(path: &Path, limit: u64) {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(meta) = std::fs::metadata(path) else { return };
-    if meta.len() <= limit {
-        return;
-    }
-    let Ok(mut file) = std::fs::OpenOptions::new().read(true).append(true).open(path) else { return };
-    let mut keep = Vec::new();
-    let from = meta.len() - limit / 4;
-    if file.seek(SeekFrom::Start(from)).is_err() || file.read_to_end(&mut keep).is_err() {
-        return;
-    }
-    let start = keep.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if file.set_len(0).is_ok() {
-        let _ = file.write_all(&keep[start..]);
-    }
-}
-
 /// The last `n` non-empty lines of a log, joined with " | ".
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = read_log_from(path, None).1;
@@ -558,22 +618,39 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-/// A log's text from `offset` (or its last 64 KiB), and the offset to read from next. A log that
-/// was cut back since `offset` is read from its start.
+/// A log's text from `offset` (or its last 64 KiB), and the offset to read from next. The log
+/// is read with its previous part (the replica rotates it, see `sluice_telemetry::logfile`): an
+/// offset past the current part's end means it was rotated since, so the rest of the previous
+/// part comes first.
 pub fn read_log_from(path: &Path, offset: Option<u64>) -> (u64, String) {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else { return (0, String::new()) };
-    let len = file.metadata().map_or(0, |m| m.len());
-    let from = match offset {
-        Some(o) if o <= len => o,
-        Some(_) => 0,
-        None => len.saturating_sub(64 * 1024),
-    };
+    const TAIL: u64 = 64 * 1024;
+    let previous = sluice_telemetry::logfile::previous_part(path);
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
     let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(from)).is_ok() {
-        let _ = file.take(len - from).read_to_end(&mut bytes);
+    match offset {
+        Some(o) if o <= len => read_range(path, o, len, &mut bytes),
+        Some(o) => {
+            read_range(&previous, o, u64::MAX, &mut bytes);
+            read_range(path, 0, len, &mut bytes);
+        }
+        None => {
+            if len < TAIL {
+                let previous_len = std::fs::metadata(&previous).map_or(0, |m| m.len());
+                read_range(&previous, previous_len.saturating_sub(TAIL - len), u64::MAX, &mut bytes);
+            }
+            read_range(path, len.saturating_sub(TAIL), len, &mut bytes);
+        }
     }
-    (from + bytes.len() as u64, String::from_utf8_lossy(&bytes).into_owned())
+    (len, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Appends bytes `from..to` of file `path` (as far as it reaches) to `out`.
+fn read_range(path: &Path, from: u64, to: u64, out: &mut Vec<u8>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return };
+    if file.seek(SeekFrom::Start(from)).is_ok() {
+        let _ = file.take(to.saturating_sub(from)).read_to_end(out);
+    }
 }
 
 /// Whether `pid` is a `sluice serve` replica started for data directory `home`: checked before a
@@ -640,43 +717,21 @@ pub fn find_replicas(home: &Path, recorded: impl IntoIterator<Item = u32>) -> Ve
 mod tests {
     use super::*;
 
-    /// A log that a process keeps appending to (as a replica's stdout does) stays within its
-    /// bound while it is written, keeps whole lines and keeps the newest ones.
-    #[tokio::test]
-    async fn a_log_stays_bounded_while_it_is_written() {
+    /// A rotated log reads on across the rotation: what was written after the offset in the
+    /// previous part, then the current part.
+    #[test]
+    fn reading_a_log_follows_its_rotation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replica-0.log");
-        let limit = 64 * 1024;
-        let watch = tokio::spawn(bound_log(path.clone(), limit, Duration::from_millis(20)));
-        let lines = 10_000;
-        let writer = {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the log");
-                for i in 0..lines {
-                    writeln!(log, "line {i:06} {}", "x".repeat(90)).expect("write");
-                    if i % 10 == 0 {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            })
-        };
-        let mut largest = 0;
-        while !writer.is_finished() {
-            largest = largest.max(std::fs::metadata(&path).map_or(0, |m| m.len()));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        writer.join().expect("writer");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        watch.abort();
-        let written = lines as u64 * 103;
-        // The bound, plus what is written between two checks (about 20 KiB here).
-        assert!(largest <= limit + 48 * 1024, "the log reached {largest} bytes of {written} written; limit {limit}");
-        let text = std::fs::read_to_string(&path).expect("read the log");
-        assert!(text.len() as u64 <= limit, "{} bytes left", text.len());
-        for line in text.lines() {
-            assert!(line.len() == 102 && line.starts_with("line "), "a cut line: {line:?}");
-        }
-        assert!(text.ends_with(&format!("line {:06} {}\n", lines - 1, "x".repeat(90))), "the newest line is kept");
+        std::fs::write(&path, "one\ntwo\n").expect("write");
+        let (offset, text) = read_log_from(&path, None);
+        assert_eq!((offset, text.as_str()), (8, "one\ntwo\n"));
+        std::fs::write(&path, "one\ntwo\nthree\n").expect("write");
+        std::fs::rename(&path, sluice_telemetry::logfile::previous_part(&path)).expect("rotate");
+        std::fs::write(&path, "four\n").expect("write");
+        let (offset, text) = read_log_from(&path, Some(offset));
+        assert_eq!((offset, text.as_str()), (5, "three\nfour\n"));
+        assert_eq!(read_log_from(&path, None).1, "one\ntwo\nthree\nfour\n");
+        assert_eq!(log_tail(&path, 2), "three | four");
     }
 }

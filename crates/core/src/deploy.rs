@@ -64,6 +64,9 @@ pub struct DeploymentConfig {
     /// What a model does when its GPU is missing: `fail` (the default) or `cpu` (run on the CPU,
     /// with a warning).
     pub device_fallback: Option<String>,
+    /// Share of requests whose inputs and predictions `collect_model_data` keeps, in (0, 1]
+    /// [default: 1, every request].
+    pub collect_model_data_sample_rate: Option<f64>,
 }
 
 /// What a model whose GPU is missing does.
@@ -110,6 +113,16 @@ impl DeploymentConfig {
     /// keys, probe period/timeout/failure threshold, batching, instances, threads, device (and
     /// `gpu_cores` above 0, which picks `cuda:0`).
     pub fn without_effect_on_local(&self) -> Vec<NoEffect> {
+        self.without_effect(true)
+    }
+
+    /// The settings given in this file that have no effect where replicas run as containers
+    /// (Kubernetes, Docker): those take resources, GPU counts and every probe field.
+    pub fn without_effect_in_containers(&self) -> Vec<NoEffect> {
+        self.without_effect(false)
+    }
+
+    fn without_effect(&self, local: bool) -> Vec<NoEffect> {
         let mut out = Vec::new();
         let mut note = |given: bool, field: &'static str, reason: &str| {
             if given {
@@ -122,46 +135,28 @@ impl DeploymentConfig {
             "accepted for compatibility; Sluice runs the service on the target it was started with",
         );
         let resources = "local replicas are plain processes: no CPU or memory is reserved or limited for them";
-        note(self.cpu_cores.is_some(), "cpu_cores", resources);
-        note(self.cpu_cores_limit.is_some(), "cpu_cores_limit", resources);
-        note(self.memory_gb.is_some(), "memory_gb", resources);
-        note(self.memory_gb_limit.is_some(), "memory_gb_limit", resources);
+        note(local && self.cpu_cores.is_some(), "cpu_cores", resources);
+        note(local && self.cpu_cores_limit.is_some(), "cpu_cores_limit", resources);
+        note(local && self.memory_gb.is_some(), "memory_gb", resources);
+        note(local && self.memory_gb_limit.is_some(), "memory_gb_limit", resources);
         note(
-            self.gpu_cores.is_some_and(|n| n > 1),
+            local && self.gpu_cores.is_some_and(|n| n > 1),
             "gpu_cores",
             "only whether it is above 0 counts locally: models run on one GPU (cuda:0, or `device`)",
         );
-        // --- Autoscaling: not acted on yet on the local target. Remove this block when the
-        // autoscaler drives local replicas (issue 15, item 1).
-        if self.autoscale_enabled == Some(true) {
-            let min = self.autoscale_min_replicas.unwrap_or(1).max(1);
-            let reason = format!(
-                "autoscaling is not acted on yet on the local target: the service runs a fixed \
-                 autoscale_min_replicas ({min}) replicas"
-            );
-            note(true, "autoscale_enabled", &reason);
-            note(self.autoscale_max_replicas.is_some(), "autoscale_max_replicas", &reason);
-            note(self.autoscale_target_utilization.is_some(), "autoscale_target_utilization", &reason);
-            note(self.autoscale_refresh_seconds.is_some(), "autoscale_refresh_seconds", &reason);
-        }
-        // --- End of autoscaling.
         note(
-            self.collect_model_data == Some(true),
+            !local && self.collect_model_data == Some(true),
             "collect_model_data",
-            "model data collection is not implemented yet: no inputs or predictions are kept",
+            "collected inside each replica's container (under /data/collected, which goes with the \
+             container); `sluice service data` reads the local target's data only",
         );
         note(
-            self.enable_app_insights == Some(true),
-            "enable_app_insights",
-            "Application Insights is not supported; nothing is exported",
-        );
-        note(
-            self.initial_delay_seconds.is_some(),
+            local && self.initial_delay_seconds.is_some(),
             "initial_delay_seconds",
             "local replicas are probed from the moment they report ready, not after a delay",
         );
         note(
-            self.success_threshold.is_some(),
+            local && self.success_threshold.is_some(),
             "success_threshold",
             "a local replica is back in rotation after one successful probe",
         );
@@ -198,6 +193,11 @@ impl DeploymentConfig {
                 || self.autoscale_refresh_seconds.is_some())
         {
             problems.push("autoscale_* settings are given but autoscale_enabled is not true".into());
+        }
+        if let Some(rate) = self.collect_model_data_sample_rate
+            && !(rate > 0.0 && rate <= 1.0)
+        {
+            problems.push(format!("collect_model_data_sample_rate must be in (0, 1], not {rate}"));
         }
         if let (Some(min), Some(max)) = (self.autoscale_min_replicas, self.autoscale_max_replicas)
             && min > max
@@ -324,15 +324,16 @@ mod tests {
         )
         .expect("valid");
         let named: Vec<_> = config.without_effect_on_local().iter().map(|n| n.field).collect();
-        assert_eq!(named, ["cpu_cores", "memory_gb", "collect_model_data"]);
+        assert_eq!(named, ["cpu_cores", "memory_gb"]);
+        let in_containers: Vec<_> = config.without_effect_in_containers().iter().map(|n| n.field).collect();
+        assert_eq!(in_containers, ["collect_model_data"]);
+        assert!(DeploymentConfig::from_json(r#"{"collect_model_data_sample_rate": 0}"#).is_err());
+        // Autoscaling acts on every target.
         let autoscaled = DeploymentConfig::from_json(
             r#"{"autoscale_enabled": true, "autoscale_min_replicas": 2, "autoscale_max_replicas": 5}"#,
         )
         .expect("valid");
-        let ignored = autoscaled.without_effect_on_local();
-        let named: Vec<_> = ignored.iter().map(|n| n.field).collect();
-        assert_eq!(named, ["autoscale_enabled", "autoscale_max_replicas"]);
-        assert!(ignored[0].reason.contains("autoscale_min_replicas (2)"), "{ignored:?}");
+        assert!(autoscaled.without_effect_on_local().is_empty());
         assert!(DeploymentConfig::default().without_effect_on_local().is_empty());
     }
 

@@ -4,9 +4,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Element type of a tensor, named as the Open Inference Protocol names it (`FP32`, `INT64`...).
-///
-/// `BYTES` (variable-length strings) is not listed: no bundled backend takes string tensors yet,
-/// and a request that uses it gets a 400 that says so.
+/// `BYTES` elements are byte strings of any length (ONNX `string` tensors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DataType {
     #[serde(rename = "BOOL")]
@@ -33,11 +31,13 @@ pub enum DataType {
     F32,
     #[serde(rename = "FP64")]
     F64,
+    #[serde(rename = "BYTES")]
+    Bytes,
 }
 
 impl DataType {
     /// Every supported datatype, in a stable order (handy for tests and docs).
-    pub const ALL: [DataType; 12] = [
+    pub const ALL: [DataType; 13] = [
         DataType::Bool,
         DataType::U8,
         DataType::U16,
@@ -50,6 +50,7 @@ impl DataType {
         DataType::F16,
         DataType::F32,
         DataType::F64,
+        DataType::Bytes,
     ];
 
     /// The protocol name (`"FP32"`).
@@ -67,16 +68,19 @@ impl DataType {
             DataType::F16 => "FP16",
             DataType::F32 => "FP32",
             DataType::F64 => "FP64",
+            DataType::Bytes => "BYTES",
         }
     }
 
-    /// Size of one element in the binary tensor encoding (BOOL is one byte).
-    pub fn size_in_bytes(self) -> usize {
+    /// Size of one element in the binary tensor encoding (BOOL is one byte); `None` for BYTES,
+    /// whose elements each carry their own length.
+    pub fn size_in_bytes(self) -> Option<usize> {
         match self {
-            DataType::Bool | DataType::U8 | DataType::I8 => 1,
-            DataType::U16 | DataType::I16 | DataType::F16 => 2,
-            DataType::U32 | DataType::I32 | DataType::F32 => 4,
-            DataType::U64 | DataType::I64 | DataType::F64 => 8,
+            DataType::Bool | DataType::U8 | DataType::I8 => Some(1),
+            DataType::U16 | DataType::I16 | DataType::F16 => Some(2),
+            DataType::U32 | DataType::I32 | DataType::F32 => Some(4),
+            DataType::U64 | DataType::I64 | DataType::F64 => Some(8),
+            DataType::Bytes => None,
         }
     }
 }
@@ -87,10 +91,10 @@ impl fmt::Display for DataType {
     }
 }
 
-/// The name is not one of the protocol's datatypes, or names one Sluice does not serve (`BYTES`).
+/// The name is not one of the protocol's datatypes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64)"
+    "unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES)"
 )]
 pub struct UnknownDataType(pub String);
 
@@ -111,7 +115,8 @@ mod tests {
         for d in DataType::ALL {
             assert_eq!(d.as_str().parse::<DataType>(), Ok(d));
         }
-        assert!("BYTES".parse::<DataType>().is_err());
+        assert_eq!("BYTES".parse::<DataType>(), Ok(DataType::Bytes));
+        assert!("STRING".parse::<DataType>().is_err());
         assert!("fp32".parse::<DataType>().is_err());
     }
 }

@@ -9,6 +9,7 @@ mod deploy;
 mod dtype;
 mod signature;
 mod tensor;
+pub mod time;
 
 pub use backend::{Backend, BackendError, BackendInfo, Device};
 pub use deploy::{

@@ -20,6 +20,8 @@ pub enum TensorData {
     F16(Vec<f16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// BYTES: one byte string per element.
+    Bytes(Vec<Vec<u8>>),
 }
 
 /// Applies `$body` to the typed vector inside a [`TensorData`], whatever its datatype.
@@ -39,6 +41,7 @@ macro_rules! with_tensor_data {
             $crate::TensorData::F16($v) => $body,
             $crate::TensorData::F32($v) => $body,
             $crate::TensorData::F64($v) => $body,
+            $crate::TensorData::Bytes($v) => $body,
         }
     };
 }
@@ -50,6 +53,12 @@ pub enum TensorError {
     RaggedBytes { dtype: DataType, size: usize, got: usize },
     #[error("BOOL binary data must be 0 or 1 per byte, found {0}")]
     BadBool(u8),
+    #[error("BYTES element {index} claims {claimed} bytes but only {remaining} bytes of its data remain")]
+    BytesOverrun { index: usize, claimed: u64, remaining: usize },
+    #[error(
+        "BYTES data ends with {0} bytes, too few for an element's 4-byte length (each element is a 4-byte little-endian length, then that many bytes)"
+    )]
+    BytesTruncated(usize),
     #[error("shape {shape:?} has a negative dimension")]
     NegativeDim { shape: Vec<i64> },
     #[error("shape {shape:?} holds {expected} elements but {got} were given")]
@@ -72,6 +81,7 @@ impl TensorData {
             DataType::F16 => TensorData::F16(Vec::with_capacity(capacity)),
             DataType::F32 => TensorData::F32(Vec::with_capacity(capacity)),
             DataType::F64 => TensorData::F64(Vec::with_capacity(capacity)),
+            DataType::Bytes => TensorData::Bytes(Vec::with_capacity(capacity)),
         }
     }
 
@@ -97,7 +107,7 @@ impl TensorData {
                 }
             };
         }
-        ext!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64);
+        ext!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64, Bytes);
         Some(())
     }
 
@@ -112,10 +122,11 @@ impl TensorData {
                 }
             };
         }
-        cut!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64)
+        cut!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64, Bytes)
     }
 
-    /// Grows or shrinks the buffer to `len` elements, filling new ones with zero (false).
+    /// Grows or shrinks the buffer to `len` elements, filling new ones with zero (false, or an
+    /// empty string).
     pub fn resize_zeroed(&mut self, len: usize) {
         with_tensor_data!(self, v => v.resize(len, Default::default()))
     }
@@ -135,6 +146,7 @@ impl TensorData {
             TensorData::F16(_) => DataType::F16,
             TensorData::F32(_) => DataType::F32,
             TensorData::F64(_) => DataType::F64,
+            TensorData::Bytes(_) => DataType::Bytes,
         }
     }
 
@@ -148,9 +160,10 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// Decodes the little-endian binary tensor encoding of the Open Inference Protocol.
+    /// Decodes the little-endian binary tensor encoding of the Open Inference Protocol. BYTES
+    /// elements are each a 4-byte little-endian length and that many bytes.
     pub fn from_le_bytes(dtype: DataType, bytes: &[u8]) -> Result<Self, TensorError> {
-        let size = dtype.size_in_bytes();
+        let Some(size) = dtype.size_in_bytes() else { return Self::from_length_prefixed(bytes) };
         if !bytes.len().is_multiple_of(size) {
             return Err(TensorError::RaggedBytes { dtype, size, got: bytes.len() });
         }
@@ -189,7 +202,29 @@ impl TensorData {
             DataType::F16 => TensorData::F16(copy(bytes)),
             DataType::F32 => TensorData::F32(copy(bytes)),
             DataType::F64 => TensorData::F64(copy(bytes)),
+            DataType::Bytes => unreachable!("BYTES has no fixed size and was decoded above"),
         })
+    }
+
+    /// BYTES elements in the binary encoding, each a 4-byte little-endian length and its bytes.
+    fn from_length_prefixed(mut bytes: &[u8]) -> Result<Self, TensorError> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+                return Err(TensorError::BytesTruncated(bytes.len()));
+            };
+            let claimed = u32::from_le_bytes(*len);
+            let Some((element, rest)) = rest.split_at_checked(claimed as usize) else {
+                return Err(TensorError::BytesOverrun {
+                    index: out.len(),
+                    claimed: claimed.into(),
+                    remaining: rest.len(),
+                });
+            };
+            out.push(element.to_vec());
+            bytes = rest;
+        }
+        Ok(TensorData::Bytes(out))
     }
 
     /// Appends the little-endian binary encoding of every element to `out`.
@@ -216,6 +251,14 @@ impl TensorData {
             TensorData::F16(v) => put(out, v),
             TensorData::F32(v) => put(out, v),
             TensorData::F64(v) => put(out, v),
+            TensorData::Bytes(v) => {
+                for element in v {
+                    // An element is bounded by the body limit, far below 4 GiB.
+                    let len = u32::try_from(element.len()).expect("a BYTES element under 4 GiB");
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(element);
+                }
+            }
         }
     }
 }
@@ -259,7 +302,8 @@ mod tests {
     fn binary_round_trip_every_dtype() {
         for dtype in DataType::ALL {
             let n = 5usize;
-            let bytes: Vec<u8> = (0..n * dtype.size_in_bytes())
+            let Some(size) = dtype.size_in_bytes() else { continue };
+            let bytes: Vec<u8> = (0..n * size)
                 .map(|i| if dtype == DataType::Bool { (i % 2) as u8 } else { (i * 7 % 251) as u8 })
                 .collect();
             let data = TensorData::from_le_bytes(dtype, &bytes).expect("valid bytes");
@@ -278,6 +322,37 @@ mod tests {
             Err(TensorError::RaggedBytes { got: 6, .. })
         ));
         assert_eq!(TensorData::from_le_bytes(DataType::Bool, &[0, 2]), Err(TensorError::BadBool(2)));
+    }
+
+    #[test]
+    fn bytes_elements_are_length_prefixed() {
+        let wire =
+            [&3u32.to_le_bytes()[..], b"cat", &0u32.to_le_bytes(), &2u32.to_le_bytes(), "\u{e9}".as_bytes()].concat();
+        let data = TensorData::from_le_bytes(DataType::Bytes, &wire).expect("valid");
+        assert_eq!(data, TensorData::Bytes(vec![b"cat".to_vec(), vec![], "\u{e9}".as_bytes().to_vec()]));
+        assert_eq!(data.len(), 3);
+        let mut back = Vec::new();
+        data.write_le_bytes(&mut back);
+        assert_eq!(back, wire);
+        assert_eq!(TensorData::from_le_bytes(DataType::Bytes, &[]), Ok(TensorData::Bytes(vec![])));
+    }
+
+    #[test]
+    fn malformed_bytes_lengths_are_refused() {
+        let over = [&5u32.to_le_bytes()[..], b"cat"].concat();
+        assert_eq!(
+            TensorData::from_le_bytes(DataType::Bytes, &over),
+            Err(TensorError::BytesOverrun { index: 0, claimed: 5, remaining: 3 })
+        );
+        let huge = [&3u32.to_le_bytes()[..], b"cat", &u32::MAX.to_le_bytes()].concat();
+        assert!(matches!(
+            TensorData::from_le_bytes(DataType::Bytes, &huge),
+            Err(TensorError::BytesOverrun { index: 1, remaining: 0, .. })
+        ));
+        let short = [&1u32.to_le_bytes()[..], b"a", &[7, 0]].concat();
+        let err = TensorData::from_le_bytes(DataType::Bytes, &short).expect_err("truncated");
+        assert_eq!(err, TensorError::BytesTruncated(2));
+        assert!(err.to_string().contains("4-byte little-endian length"), "{err}");
     }
 
     #[test]

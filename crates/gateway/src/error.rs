@@ -31,6 +31,13 @@ pub enum GatewayError {
     /// The replica accepted the request but did not answer in time.
     #[error("service '{service}' did not answer within {timeout_ms} ms")]
     UpstreamTimeout { service: String, timeout_ms: u64 },
+    /// A replica's `/swagger.json` answer is not an OpenAPI document the gateway can serve.
+    #[error("service '{service}' sent no usable OpenAPI document: {reason}")]
+    UpstreamDocument { service: String, reason: String },
+    /// The replica answered in a content coding the caller did not accept, and the gateway could
+    /// not decode it for the caller.
+    #[error("{0}")]
+    UpstreamEncoding(String),
     /// No replica could be reached, or the one that answered broke its response off.
     #[error("no replica of service '{service}' answered: {source}")]
     Upstream {
@@ -54,7 +61,8 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamDocument { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream { .. } | GatewayError::UpstreamEncoding(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -71,7 +79,8 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
-            GatewayError::Upstream { .. } => "upstream_error",
+            GatewayError::UpstreamDocument { .. } => "upstream_error",
+            GatewayError::Upstream { .. } | GatewayError::UpstreamEncoding(_) => "upstream_error",
         }
     }
 }

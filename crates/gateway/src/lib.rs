@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod grpc;
 pub mod metrics;
 mod proxy;
 mod server;
+mod swagger;
 mod table;
 mod upstream;
 
@@ -150,13 +152,47 @@ pub fn serve_on_threads(
     shutdown: tokio::sync::watch::Receiver<bool>,
     bound: std::sync::mpsc::Sender<std::io::Result<std::net::SocketAddr>>,
 ) -> std::thread::JoinHandle<std::io::Result<()>> {
+    on_threads("sluice-gw", addr, threads, gateway, shutdown, bound, serve)
+}
+
+/// [`serve_on_threads`] for the gateway's gRPC front ([`grpc::serve`]): OIP v2 over gRPC on
+/// `threads` single-threaded runtimes of its own, with the same route table, auth and upstream
+/// pools' behaviour as the HTTP front.
+pub fn serve_grpc_on_threads(
+    addr: std::net::SocketAddr,
+    threads: usize,
+    gateway: Arc<Gateway>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    bound: std::sync::mpsc::Sender<std::io::Result<std::net::SocketAddr>>,
+) -> std::thread::JoinHandle<std::io::Result<()>> {
+    on_threads("sluice-gw-grpc", addr, threads, gateway, shutdown, bound, grpc::serve)
+}
+
+/// Runs `serve` on `threads` single-threaded runtimes, each with its own `SO_REUSEPORT` listener
+/// on `addr`; see [`serve_on_threads`].
+fn on_threads<S, F>(
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    threads: usize,
+    gateway: Arc<Gateway>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    bound: std::sync::mpsc::Sender<std::io::Result<std::net::SocketAddr>>,
+    serve: S,
+) -> std::thread::JoinHandle<std::io::Result<()>>
+where
+    S: Fn(tokio::net::TcpListener, Arc<Gateway>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F
+        + Send
+        + Copy
+        + 'static,
+    F: Future<Output = std::io::Result<()>>,
+{
     std::thread::spawn(move || {
         let mut addr = addr;
         let mut workers = Vec::new();
         for i in 0..threads.max(1) {
             let (tx, rx) = std::sync::mpsc::channel();
             let (gateway, mut shutdown) = (gateway.clone(), shutdown.clone());
-            let worker = std::thread::Builder::new().name(format!("sluice-gw-{i}")).spawn(move || {
+            let worker = std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 runtime.block_on(async move {
                     let listener = (|| {
@@ -180,9 +216,13 @@ pub fn serve_on_threads(
                             return Err(e);
                         }
                     };
-                    serve(listener, gateway, async move {
-                        let _ = shutdown.wait_for(|s| *s).await;
-                    })
+                    serve(
+                        listener,
+                        gateway,
+                        Box::pin(async move {
+                            let _ = shutdown.wait_for(|s| *s).await;
+                        }),
+                    )
                     .await
                 })
             });
@@ -222,6 +262,25 @@ pub struct ControlSource {
     pub url: String,
     /// The credential the control plane gave gateways.
     pub token: String,
+}
+
+/// How often a gateway sends the control plane its traffic counters.
+pub const REPORT_PERIOD: Duration = Duration::from_secs(1);
+
+/// Sends the control plane this gateway's per-version counters every [`REPORT_PERIOD`], so
+/// `endpoint show` adds up what every gateway saw. A failed report is dropped: the next one
+/// carries the same cumulative counters.
+pub async fn report_to_control(gateway: Arc<Gateway>, source: ControlSource) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let id = format!("{:016x}", sluice_routing::random_seed());
+    let url = format!("{}/v1/gateway/report", source.url);
+    loop {
+        tokio::time::sleep(REPORT_PERIOD).await;
+        let report = gateway.metrics.report(&id);
+        if let Err(e) = client.post(&url).bearer_auth(&source.token).json(&report).send().await {
+            tracing::debug!(error = %e, "cannot send the traffic report; the next one will");
+        }
+    }
 }
 
 /// Follows the control plane's configuration with long polls, applying each new generation. While

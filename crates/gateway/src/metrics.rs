@@ -3,10 +3,12 @@
 //! Series live as long as the gateway, across configuration changes, so counters never go back.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use sluice_routing::{GatewayReport, ServiceLoad, VersionReport};
 use sluice_telemetry::{Counter, Histogram, TextEncoder};
 
 /// Requests and latency of one route (an endpoint version in a role, or a service).
@@ -49,10 +51,39 @@ const REASONS: [&str; 10] = [
 
 type EndpointKey = (String, String, &'static str);
 
+/// How busy one service's replicas are kept by this gateway: requests in flight, and the summed
+/// time of answered ones (the autoscaler reads its growth as the average concurrency).
+#[derive(Debug, Default)]
+pub struct ServiceBusy {
+    in_flight: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+/// A request counted in flight until dropped.
+pub struct InFlight<'a> {
+    busy: &'a ServiceBusy,
+    started: Instant,
+}
+
+impl ServiceBusy {
+    pub fn begin(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { busy: self, started: Instant::now() }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.busy.busy_nanos.fetch_add(self.started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.busy.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Every gateway series.
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
     endpoints: Mutex<BTreeMap<EndpointKey, Arc<RouteStats>>>,
+    busy: Mutex<BTreeMap<String, Arc<ServiceBusy>>>,
     services: Mutex<BTreeMap<String, Arc<RouteStats>>>,
     refused: [Counter; REASONS.len()],
     /// Mirrors skipped because too many were already in flight.
@@ -79,10 +110,47 @@ impl GatewayMetrics {
         map.entry(service.to_owned()).or_default().clone()
     }
 
+    /// How busy `service` is kept; looked up when a configuration is built.
+    pub fn busy(&self, service: &str) -> Arc<ServiceBusy> {
+        let mut map = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(service.to_owned()).or_default().clone()
+    }
+
     /// Counts a request the gateway refused or could not forward.
     pub fn refused(&self, reason: &str) {
         if let Some(i) = REASONS.iter().position(|r| *r == reason) {
             self.refused[i].inc();
+        }
+    }
+
+    /// Every endpoint version's counters, for the control plane (`endpoint show`).
+    pub fn report(&self, gateway: &str) -> GatewayReport {
+        let endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+        let versions = endpoints
+            .iter()
+            .map(|((endpoint, version, role), s)| VersionReport {
+                endpoint: endpoint.clone(),
+                version: version.clone(),
+                role: (*role).to_owned(),
+                by_class: std::array::from_fn(|i| s.by_class[i].get()),
+                latency_buckets: s.latency.bucket_counts(),
+            })
+            .collect();
+        drop(endpoints);
+        let busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let services = busy
+            .iter()
+            .map(|(service, b)| ServiceLoad {
+                service: service.clone(),
+                busy_seconds: b.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+                in_flight: b.in_flight.load(Ordering::Relaxed),
+            })
+            .collect();
+        GatewayReport {
+            gateway: gateway.to_owned(),
+            latency_bounds: sluice_telemetry::SECONDS_BUCKETS.to_vec(),
+            versions,
+            services,
         }
     }
 

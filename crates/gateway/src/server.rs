@@ -13,6 +13,7 @@ use sluice_http1::server::{Connection, Handler};
 use sluice_http1::{Error as WireError, Framing, Head};
 use sluice_telemetry::ACCESS_TARGET;
 use sluice_telemetry::request_id::{HEADER as REQUEST_ID, Id};
+use sluice_telemetry::trace::{self, Kind, Span, TRACEPARENT};
 
 use crate::Gateway;
 use crate::error::GatewayError;
@@ -74,9 +75,19 @@ async fn exchange(gw: &Arc<Gateway>, c: &mut Connection, request: &Head, keep_al
     // nothing more than this when the line is not wanted.
     let log = gw.settings.access_log && tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO);
     let mut access = Access { status: CALLER_GONE, bytes_in: 0, bytes_out: 0, route: None, log };
-    let keep = answer(gw, c, request, keep_alive, &id, &mut access, started).await;
+    // `None` unless tracing is on: one branch.
+    let mut span = trace::server_span("gateway request", request.header(TRACEPARENT));
+    let keep = answer(gw, c, request, keep_alive, &id, &mut access, started, span.as_mut()).await;
     if log {
         access.write(c, request, &id, started);
+    }
+    if let Some(mut span) = span {
+        span.set("http.request.method", request.method());
+        span.set("http.response.status_code", access.status);
+        if access.status >= 500 {
+            span.fail();
+        }
+        span.end();
     }
     keep
 }
@@ -128,6 +139,7 @@ fn declared(request: &Head) -> usize {
 }
 
 /// Handles one request; returns whether the connection stays open.
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     gw: &Arc<Gateway>,
     c: &mut Connection,
@@ -136,6 +148,7 @@ async fn answer(
     id: &Id<'_>,
     access: &mut Access,
     started: Instant,
+    mut span: Option<&mut Span>,
 ) -> bool {
     let to_head = request.method() == "HEAD";
     let path = request.target().split('?').next().unwrap_or_default();
@@ -146,11 +159,37 @@ async fn answer(
         access.bytes_in = declared(request);
         return respond(c, &reply, id, to_head, keep_alive, access).await && keep_alive;
     }
+    if let Some((kind, name)) = crate::swagger::route(path) {
+        let keep_alive = keep_alive && c.skip_body(request, limit).await;
+        access.bytes_in = declared(request);
+        let reply = match gw.swagger(request.method(), kind, name, id).await {
+            Ok(body) => Reply::Own { status: 200, content_type: "application/json", extra: &[], version: None, body },
+            Err(e) => {
+                gw.metrics.refused(e.reason());
+                Reply::error(&e, None)
+            }
+        };
+        return respond(c, &reply, id, to_head, keep_alive, access).await && keep_alive;
+    }
     let refuse = |e: GatewayError| {
         gw.metrics.refused(e.reason());
         Reply::error(&e, None)
     };
-    let decision = match gw.decide(request) {
+    let decided = span.as_ref().map(|_| trace::now_ns());
+    let decision = gw.decide(request);
+    if let (Some(span), Some(start)) = (span.as_deref_mut(), decided) {
+        // Auth and the version choice, as one child span.
+        let mut decide = span.child("gateway auth and version choice", Kind::Internal).started_at(start);
+        match &decision {
+            Ok(d) => d.labels().annotate(span),
+            Err(e) => {
+                decide.set("error.type", e.reason());
+                decide.fail();
+            }
+        }
+        decide.end();
+    }
+    let decision = match decision {
         Ok(d) => d,
         Err(e) => {
             let keep_alive = keep_alive && c.skip_body(request, limit).await;
@@ -179,7 +218,7 @@ async fn answer(
     access.bytes_in = body.len();
     // A caller that hangs up cancels the forward, which closes the replica connection, so the
     // replica can drop the request before it costs compute.
-    let Some(outcome) = c.unless_gone(gw.dispatch(decision, request, id, body, started)).await else {
+    let Some(outcome) = c.unless_gone(gw.dispatch(decision, request, id, body, started, span.as_deref())).await else {
         return false;
     };
     let reply = match outcome {
@@ -190,7 +229,7 @@ async fn answer(
 }
 
 /// An answer to the caller.
-enum Reply {
+pub(crate) enum Reply {
     /// A replica's answer, with the version that gave it.
     Forwarded { answer: crate::upstream::Answer, version: HeaderValue },
     /// The gateway's own.
@@ -204,7 +243,7 @@ enum Reply {
 }
 
 impl Reply {
-    fn error(e: &GatewayError, version: Option<HeaderValue>) -> Reply {
+    pub(crate) fn error(e: &GatewayError, version: Option<HeaderValue>) -> Reply {
         Reply::Own {
             status: e.status().as_u16(),
             content_type: "application/json",
@@ -216,7 +255,7 @@ impl Reply {
 }
 
 /// Response headers a replica sets that the gateway replaces.
-const NOT_RETURNED: [&str; 3] = ["content-length", VERSION_HEADER, REQUEST_ID];
+pub(crate) const NOT_RETURNED: [&str; 3] = ["content-length", VERSION_HEADER, REQUEST_ID];
 
 /// Writes `reply` with the request's id, noting its status and size in `access`; `false` when
 /// the caller's connection failed.
@@ -282,8 +321,8 @@ async fn respond(
 
 impl Gateway {
     /// The gateway's own routes: health (with the JSON bodies OIP clients read), server
-    /// metadata and metrics.
-    fn local(&self, method: &str, path: &str) -> Option<Reply> {
+    /// metadata and metrics. (Each service's and endpoint's `swagger.json`: `swagger.rs`.)
+    pub(crate) fn local(&self, method: &str, path: &str) -> Option<Reply> {
         let known = matches!(path, "/v2" | "/v2/health/live" | "/v2/health/ready" | "/metrics");
         if !known {
             return None;

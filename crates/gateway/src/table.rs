@@ -188,6 +188,8 @@ pub struct ServiceTarget {
     pub pool: Pool,
     pub auth: AuthPolicy,
     pub stats: Arc<RouteStats>,
+    /// Every request sent to the service, whichever route it came by (the autoscaler's input).
+    pub busy: Arc<crate::metrics::ServiceBusy>,
     /// `x-sluice-version` of direct calls: the service's name, built once.
     pub version_header: HeaderValue,
 }
@@ -210,6 +212,8 @@ pub struct EndpointTarget {
     pub name: String,
     pub auth: AuthPolicy,
     pub split: Split,
+    /// The default version's name (what `/endpoints/{e}/swagger.json` describes).
+    pub default_version: String,
     pub versions: HashMap<String, VersionTarget>,
 }
 
@@ -258,6 +262,8 @@ pub struct RouteTable {
     /// "not a key" (401).
     pub all_key_digests: HashSet<String>,
     pub verifier: Option<TokenVerifier>,
+    /// OpenAPI documents made for this configuration (see `swagger.rs`).
+    pub swagger: crate::swagger::Cache,
 }
 
 /// A configuration that cannot be served; nothing of it is applied.
@@ -303,6 +309,7 @@ impl RouteTable {
                 pool,
                 auth: s.auth.clone(),
                 stats: metrics.service(&s.name),
+                busy: metrics.busy(&s.name),
                 version_header: header_value(&s.name),
             };
             services.insert(s.name.clone(), Arc::new(target));
@@ -330,9 +337,17 @@ impl RouteTable {
                 let version = VersionTarget { service, version_header: header_value(&v.name), stats, role };
                 versions.insert(v.name.clone(), version);
             }
+            // `Split::new` made sure there is exactly one.
+            let default_version = e.versions.iter().find(|v| v.is_default).map(|v| v.name.clone()).unwrap_or_default();
             endpoints.insert(
                 e.name.clone(),
-                Arc::new(EndpointTarget { name: e.name.clone(), auth: e.auth.clone(), split, versions }),
+                Arc::new(EndpointTarget {
+                    name: e.name.clone(),
+                    auth: e.auth.clone(),
+                    split,
+                    versions,
+                    default_version,
+                }),
             );
         }
         let verifier = if config.jwks.keys.is_empty() {
@@ -341,7 +356,14 @@ impl RouteTable {
             Some(TokenVerifier::new(algorithm, &config.jwks).map_err(|e| ConfigError::Keys(e.to_string()))?)
         };
         replicas.retain(&live_addrs);
-        Ok(RouteTable { generation: config.generation, services, endpoints, all_key_digests, verifier })
+        Ok(RouteTable {
+            generation: config.generation,
+            services,
+            endpoints,
+            all_key_digests,
+            verifier,
+            swagger: Default::default(),
+        })
     }
 
     /// An endpoint or service by name; `kind` restricts the lookup, `None` tries endpoints first.

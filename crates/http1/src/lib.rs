@@ -11,9 +11,11 @@
 //! `Transfer-Encoding` and `Content-Length`, disagreeing `Content-Length` values, transfer codings
 //! other than `chunked`, heads over [`MAX_HEAD_BYTES`], bodies over the caller's limit.
 //!
-//! [`server`] runs the keep-alive connection loop that the gateway and the scoring server share.
+//! [`server`] runs the keep-alive connection loop that the gateway and the scoring server share;
+//! [`encoding`] decodes and compresses bodies in `gzip` and `deflate`.
 
 mod date;
+pub mod encoding;
 mod limits;
 pub mod poll;
 pub mod server;
@@ -113,7 +115,13 @@ impl Head {
 
     /// The first header named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.raw_headers().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    }
+
+    /// Every header as bytes: the names are tokens (httparse checked them), so finding one by
+    /// name needs no UTF-8 check of every name on the way, which [`Head::headers`] makes.
+    fn raw_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers.iter().map(|(n, v)| (&self.bytes[n.clone()], &self.bytes[v.clone()]))
     }
 
     /// Every header in arrival order, names as sent.
@@ -494,6 +502,20 @@ pub async fn write_message<W: AsyncWrite + Unpin>(io: &mut W, head: &[u8], body:
         written += n;
     }
     Ok(())
+}
+
+/// `value` percent-encoded for a URL's path segment or query value: everything but RFC 3986's
+/// unreserved characters (letters, digits, `-._~`) as `%XX`.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The reason phrase of the statuses Sluice sends or commonly forwards; others get none, which

@@ -32,6 +32,23 @@ pub fn set_memory_release(release: fn()) {
     let _ = RELEASE_MEMORY.set(release);
 }
 
+/// Calls the memory-release hook ([`set_memory_release`]) after a request whose body grew past the
+/// size that calls it only once it arrived (a compressed body, decoded to `decoded_len` bytes):
+/// the connection loop sees only the body as it arrived. Nothing when the body arrived that large
+/// already, as the loop calls it then.
+pub fn release_after_decoding(request: &Head, decoded_len: usize) {
+    let arrived = match request.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    if decoded_len as u64 > RELEASE_AFTER_BODY
+        && arrived <= RELEASE_AFTER_BODY
+        && let Some(release) = RELEASE_MEMORY.get()
+    {
+        release();
+    }
+}
+
 /// What a server does with each request.
 pub trait Handler: Send + Sync + 'static {
     /// Handles `request` on `connection`: reads (or skips) its body and writes one answer.
@@ -136,6 +153,12 @@ impl Connection {
     /// when the connection failed.
     pub async fn send(&mut self, body: &[u8]) -> bool {
         crate::write_message(&mut self.stream, &self.head, body).await.is_ok()
+    }
+
+    /// Writes more of a body whose head [`Connection::send`] wrote (a streamed answer of a
+    /// declared length); `false` when the connection failed.
+    pub async fn send_more(&mut self, chunk: &[u8]) -> bool {
+        self.stream.write_all(chunk).await.is_ok() && self.stream.flush().await.is_ok()
     }
 }
 

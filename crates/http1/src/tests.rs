@@ -329,3 +329,10 @@ async fn a_status_line_without_a_reason_phrase_parses() {
         assert!(head.status == 200 || head.status == 204);
     }
 }
+
+#[test]
+fn percent_encoding_keeps_only_unreserved_characters() {
+    assert_eq!(super::percent_encode(r#"{"label":["a=b c&d"]}"#), "%7B%22label%22%3A%5B%22a%3Db%20c%26d%22%5D%7D");
+    assert_eq!(super::percent_encode("sluice-a.b_c~1"), "sluice-a.b_c~1");
+    assert_eq!(super::percent_encode("caf\u{e9}/x"), "caf%C3%A9%2Fx");
+}

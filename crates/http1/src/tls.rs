@@ -90,6 +90,14 @@ impl Tls {
         &self.acceptor
     }
 
+    /// An acceptor for HTTP/2 (ALPN `h2`, as gRPC needs) with the same certificate, reloads
+    /// included: it shares this one's certificate source.
+    pub fn h2_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let mut config = (**self.acceptor.config()).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// Reads the files again whenever one of them changes, checking every `period`; runs for as
     /// long as it is polled. `on_reload` hears each attempt: the new certificate is served, or
     /// the error says why the current one stays.

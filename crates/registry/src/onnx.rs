@@ -108,6 +108,7 @@ fn datatype(code: i32) -> Option<DataType> {
         11 => DataType::F64,
         12 => DataType::U32,
         13 => DataType::U64,
+        8 => DataType::Bytes,
         _ => return None,
     })
 }

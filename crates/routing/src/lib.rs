@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod report;
 pub mod split;
 
 pub use config::{AuthPolicy, EndpointRoute, EndpointVersion, GatewayConfig, ServiceRoute, TargetKind, token_audience};
+pub use report::{GatewayReport, ServiceLoad, VersionReport, VersionStats};
 pub use split::{Role, Split, SplitError, VersionSpec};
 
 /// Pins a request to one version by name; also names the version that answered, on every response.

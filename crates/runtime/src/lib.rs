@@ -125,7 +125,11 @@ pub struct InferOutcome {
     pub outputs: Vec<Tensor>,
     /// From admission until an instance took the request.
     pub queue_time: Duration,
+    /// The engine run this request was part of.
     pub inference_time: Duration,
+    /// Rows in that run (more than the request's own when it was batched with others; 0 when
+    /// the inputs have no batch dimension).
+    pub batch_rows: usize,
 }
 
 struct Job {
@@ -335,12 +339,13 @@ impl ModelHandle {
         let queue_time = admitted_at.elapsed();
         let (result, inference_time) = run_backend(backend.as_mut(), inputs, outputs);
         idle.lock().unwrap_or_else(|e| e.into_inner()).push(backend);
-        self.metrics.record_run([queue_time], inference_time, batch::rows(inputs));
+        let batch_rows = batch::rows(inputs);
+        self.metrics.record_run([queue_time], inference_time, batch_rows);
         let outputs = result?;
         if admitted_at.elapsed() > self.config.scoring_timeout {
             return Err(self.timeout());
         }
-        Ok(InferOutcome { outputs, queue_time, inference_time })
+        Ok(InferOutcome { outputs, queue_time, inference_time, batch_rows: batch_rows.unwrap_or(0) })
     }
 
     async fn admit_permit(&self) -> Result<OwnedSemaphorePermit, InferError> {
@@ -528,11 +533,12 @@ impl Worker {
         };
         let queue_times: Vec<Duration> = batch.iter().map(|j| j.admitted_at.elapsed()).collect();
         let (result, inference_time) = run_backend(self.backend.as_mut(), &inputs, &batch[0].outputs);
-        self.metrics.record_run(queue_times.iter().copied(), inference_time, Some(rows.iter().sum()));
+        let batch_rows = rows.iter().sum();
+        self.metrics.record_run(queue_times.iter().copied(), inference_time, Some(batch_rows));
         match result.map(|outputs| batch::split(outputs, &rows)) {
             Ok(Some(per_request)) => {
                 for ((job, outputs), queue_time) in batch.into_iter().zip(per_request).zip(queue_times) {
-                    job.answer(Ok(InferOutcome { outputs, queue_time, inference_time }));
+                    job.answer(Ok(InferOutcome { outputs, queue_time, inference_time, batch_rows }));
                 }
             }
             Ok(None) => {
@@ -549,8 +555,14 @@ impl Worker {
     fn run_one(&mut self, job: Job) {
         let queue_time = job.admitted_at.elapsed();
         let (result, inference_time) = run_backend(self.backend.as_mut(), &job.inputs, &job.outputs);
-        self.metrics.record_run([queue_time], inference_time, batch::rows(&job.inputs));
-        job.answer(result.map(|outputs| InferOutcome { outputs, queue_time, inference_time }));
+        let batch_rows = batch::rows(&job.inputs);
+        self.metrics.record_run([queue_time], inference_time, batch_rows);
+        job.answer(result.map(|outputs| InferOutcome {
+            outputs,
+            queue_time,
+            inference_time,
+            batch_rows: batch_rows.unwrap_or(0),
+        }));
     }
 }
 

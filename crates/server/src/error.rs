@@ -1,6 +1,7 @@
 //! Every way a data-plane request can fail, and the one place that maps each to a status code.
 
 use http::StatusCode;
+use sluice_http1::encoding::DecodeError;
 use sluice_runtime::{ErrorKind, InferError};
 
 /// A request that got no result. Messages name the problem and never echo credentials.
@@ -19,6 +20,10 @@ pub enum ApiError {
     UnknownVersion { name: String, version: String, serving: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A body in a coding that is not supported (415), larger than the limit once decoded (413),
+    /// or not valid in its coding (400).
+    #[error(transparent)]
+    Encoding(#[from] DecodeError),
     /// The caller sent its body too slowly (see `sluice_http1::Limits`).
     #[error("{0}")]
     RequestTimeout(String),
@@ -45,7 +50,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::Encoding(DecodeError::TooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Encoding(DecodeError::Unsupported(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Encoding(DecodeError::Corrupt { .. }) => StatusCode::BAD_REQUEST,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -60,6 +69,7 @@ impl ApiError {
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::Encoding(_)
             | ApiError::RequestTimeout(_)
             | ApiError::UnknownModel { .. }
             | ApiError::UnknownVersion { .. } => ErrorKind::BadRequest,
@@ -69,13 +79,17 @@ impl ApiError {
         }
     }
 
-    /// Headers the status asks for: which method a 405's route takes, and when to retry after a
-    /// 503 (overload clears in well under a second at the default limits).
+    /// Headers the status asks for: which method a 405's route takes, which codings a 415 would
+    /// have taken (RFC 9110 §15.5.16), and when to retry after a 503 (overload clears in well
+    /// under a second at the default limits).
     pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
         match self {
             ApiError::MethodNotAllowed { allowed: "GET", .. } => &[("allow", "GET, HEAD")],
             ApiError::MethodNotAllowed { .. } => &[("allow", "POST")],
             ApiError::Overloaded(_) | ApiError::NotReady(_) => &[("retry-after", "1")],
+            ApiError::Encoding(DecodeError::Unsupported(_)) => {
+                &[("accept-encoding", sluice_http1::encoding::SUPPORTED)]
+            }
             _ => &[],
         }
     }

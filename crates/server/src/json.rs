@@ -241,6 +241,40 @@ impl Scalar for f16 {
     }
 }
 
+/// A BYTES element: a JSON string, its UTF-8 bytes kept as they are.
+impl Scalar for Vec<u8> {
+    fn parse(token: &str) -> Option<Self> {
+        Self::parse_prefix(token.as_bytes()).filter(|&(_, len)| len == token.len()).map(|(v, _)| v)
+    }
+
+    fn parse_prefix(rest: &[u8]) -> Option<(Self, usize)> {
+        if rest.first() != Some(&b'"') {
+            return None;
+        }
+        // The closing quote: the first one not escaped by a backslash.
+        let mut i = 1;
+        let mut escaped = false;
+        loop {
+            match *rest.get(i)? {
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                b'"' => break,
+                // JSON strings hold no raw control characters; they must be escaped.
+                0..0x20 => return None,
+                _ => i += 1,
+            }
+        }
+        let literal = &rest[..=i];
+        if !escaped {
+            return Some((literal[1..i].to_vec(), i + 1));
+        }
+        let text: String = serde_json::from_slice(literal).ok()?;
+        Some((text.into_bytes(), i + 1))
+    }
+}
+
 /// A recursive-descent reader over the bytes of one JSON value holding numbers or booleans,
 /// nested to any rectangular depth. It parses each scalar straight from its text into the
 /// element type, so nothing is allocated per element and nothing is parsed twice.
@@ -400,13 +434,15 @@ pub fn decode_at(
         DataType::F16 => typed!(F16),
         DataType::F32 => typed!(F32),
         DataType::F64 => typed!(F64),
+        DataType::Bytes => typed!(Bytes),
     })
 }
 
-/// Applies `$body` to the typed vector of every datatype that serde can write as-is, and
-/// `$f16` to FP16 (written as `f32` numbers, since JSON has no half floats).
+/// Applies `$body` to the typed vector of every datatype that serde can write as-is, `$f16` to FP16
+/// (written as `f32` numbers, since JSON has no half floats) and `$bytes` to BYTES (written as
+/// strings).
 macro_rules! with_json_data {
-    ($data:expr, $v:ident => $body:expr, $h:ident => $f16:expr) => {
+    ($data:expr, $v:ident => $body:expr, $h:ident => $f16:expr, $b:ident => $bytes:expr) => {
         match $data {
             TensorData::Bool($v) => $body,
             TensorData::U8($v) => $body,
@@ -420,8 +456,24 @@ macro_rules! with_json_data {
             TensorData::F32($v) => $body,
             TensorData::F64($v) => $body,
             TensorData::F16($h) => $f16,
+            TensorData::Bytes($b) => $bytes,
         }
     };
+}
+
+/// A BYTES element written as a JSON string. JSON strings hold text only: an element that is not
+/// UTF-8 cannot be written without changing it, so it is an error that says how to get it whole.
+struct JsonBytes<'a>(&'a [u8]);
+
+impl Serialize for JsonBytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => Err(serde::ser::Error::custom(
+                "a BYTES element is not UTF-8 text, which JSON cannot carry: ask for the output as binary data",
+            )),
+        }
+    }
 }
 
 /// Serializes a buffer as a flat JSON array (FP16 as numbers).
@@ -429,7 +481,12 @@ pub struct FlatData<'a>(pub &'a TensorData);
 
 impl Serialize for FlatData<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        with_json_data!(self.0, v => s.collect_seq(v.iter()), h => s.collect_seq(h.iter().map(|x| x.to_f32())))
+        with_json_data!(
+            self.0,
+            v => s.collect_seq(v.iter()),
+            h => s.collect_seq(h.iter().map(|x| x.to_f32())),
+            b => s.collect_seq(b.iter().map(|x| JsonBytes(x)))
+        )
     }
 }
 
@@ -444,6 +501,9 @@ impl Serialize for NestedData<'_> {
         with_json_data!(self.data, v => Nest { items: v, shape: self.shape }.serialize(s), h => {
             let wide: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
             Nest { items: &wide, shape: self.shape }.serialize(s)
+        }, b => {
+            let text: Vec<JsonBytes> = b.iter().map(|x| JsonBytes(x)).collect();
+            Nest { items: &text, shape: self.shape }.serialize(s)
         })
     }
 }
@@ -608,6 +668,30 @@ mod tests {
             decode_data(&raw("[18446744073709551615]"), DataType::U64, None).expect("ok"),
             TensorData::U64(vec![u64::MAX])
         );
+    }
+
+    #[test]
+    fn bytes_are_json_strings() {
+        let mut shape = ShapeTracker::default();
+        let text = r#"[["cat", "a, \"quoted\" ]word"], ["caf\u00e9", ""]]"#;
+        let data = decode_data(&raw(text), DataType::Bytes, Some(&mut shape)).expect("strings");
+        let want: Vec<Vec<u8>> = vec![b"cat".to_vec(), br#"a, "quoted" ]word"#.to_vec(), "caf\u{e9}".into(), vec![]];
+        assert_eq!(data, TensorData::Bytes(want));
+        assert_eq!(shape.shape(), vec![2, 2]);
+        let json = serde_json::to_string(&NestedData { data: &data, shape: &[2, 2] }).expect("serializes");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&json).expect("json"),
+            serde_json::from_str::<serde_json::Value>(text).expect("json")
+        );
+        let err = decode_data(&raw("[\"a\", 1]"), DataType::Bytes, None).expect_err("a number");
+        assert!(err.to_string().contains("1 is not a valid BYTES value"), "{err}");
+        assert!(decode_at("[\"open]", 0, DataType::Bytes, None, None).is_err());
+        // Found by the oip_request fuzz target: a raw control character is not JSON.
+        assert!(decode_at("[\"tab\there\"]", 0, DataType::Bytes, None, None).is_err());
+        assert!(decode_at("[\"tab\\there\"]", 0, DataType::Bytes, None, None).is_ok());
+        let binary = TensorData::Bytes(vec![vec![0xff, 0xfe]]);
+        let err = serde_json::to_string(&FlatData(&binary)).expect_err("not UTF-8");
+        assert!(err.to_string().contains("binary data"), "{err}");
     }
 
     #[test]

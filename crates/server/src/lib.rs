@@ -6,6 +6,7 @@
 mod error;
 mod front;
 pub mod json;
+pub mod openapi;
 mod reply;
 mod repository;
 pub mod request;
@@ -14,8 +15,8 @@ mod score;
 mod v2;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,11 +37,20 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Timeouts and the connection cap every caller is held to.
     pub limits: sluice_http1::Limits,
+    /// Where sampled inputs and predictions go (`collect_model_data`), if anywhere.
+    pub collector: Option<Arc<sluice_collect::Collector>>,
+    /// The service this replica serves, when the control plane started it (named on its spans).
+    pub service: Option<Arc<str>>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_body_bytes: 64 * 1024 * 1024, limits: sluice_http1::Limits::default() }
+        ServerConfig {
+            max_body_bytes: 64 * 1024 * 1024,
+            limits: sluice_http1::Limits::default(),
+            collector: None,
+            service: None,
+        }
     }
 }
 
@@ -51,11 +61,13 @@ pub struct AppState {
     pub config: ServerConfig,
     /// False while draining at shutdown, so load balancers stop sending traffic.
     pub ready: AtomicBool,
+    /// `GET /swagger.json`, made on first request: the models do not change while serving.
+    openapi: OnceLock<Vec<u8>>,
 }
 
 impl AppState {
     pub fn new(repository: Repository, config: ServerConfig) -> Arc<Self> {
-        Arc::new(AppState { repository, config, ready: AtomicBool::new(true) })
+        Arc::new(AppState { repository, config, ready: AtomicBool::new(true), openapi: OnceLock::new() })
     }
 }
 
@@ -95,6 +107,7 @@ pub async fn answer(
         Route::Live => Ok(v2::live()),
         Route::ServerReady => Ok(v2::server_ready(state)),
         Route::Metrics => Ok(metrics(state)),
+        Route::Swagger => Ok(swagger(state)),
         Route::ScoreOnly => score::score(state, None, None, body).await,
         Route::Model { name, version, action } => {
             let version = version.as_deref();
@@ -107,6 +120,55 @@ pub async fn answer(
         }
     };
     result.unwrap_or_else(Reply::from)
+}
+
+/// [`answer`] for a request that came without a socket (the gRPC front, `sluice-grpc`): the same
+/// routes, statuses and bodies, with the HTTP front's model data collection and request span
+/// (under the `traceparent` the request carries) and its `x-request-id` (the caller's, or a new
+/// one) on the answer. The body is taken as it is (no content coding).
+pub async fn call(state: &AppState, request: http::Request<Bytes>) -> http::Response<Bytes> {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.as_str();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let header = |name: &str| parts.headers.get(name).map(http::HeaderValue::as_bytes);
+    let header_length = header(HEADER_LENGTH);
+    let body = Ok(body);
+    let collected = front::kept_for_collection(state, method, target, &body);
+    let work = answer(state, method, target, header_length, body);
+    let (reply, traced) = match front::request_span(state, header(sluice_telemetry::trace::TRACEPARENT)) {
+        None => (work.await, None),
+        Some(span) => {
+            let (reply, run) = front::noting_run(work).await;
+            (reply, Some((span, run)))
+        }
+    };
+    let id = sluice_telemetry::request_id::Id::of(header(sluice_telemetry::request_id::HEADER));
+    front::collect(state, &id, header_length, collected, &reply);
+    if let Some((span, run)) = traced {
+        front::end_span(span, run, method, reply.status);
+    }
+    let mut response = http::Response::new(Bytes::from(reply.body));
+    *response.status_mut() =
+        http::StatusCode::from_u16(reply.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(reply.content_type));
+    for (name, value) in reply.headers {
+        if let Ok(value) = http::HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+    if let Ok(value) = http::HeaderValue::from_bytes(id.as_bytes()) {
+        headers.insert(sluice_telemetry::request_id::HEADER, value);
+    }
+    response
+}
+
+/// `GET /swagger.json`: the OpenAPI document (see [`openapi`]).
+fn swagger(state: &AppState) -> Reply {
+    let body = state.openapi.get_or_init(|| {
+        serde_json::to_vec(&openapi::document(&state.repository)).expect("a JSON value serializes; this is a bug")
+    });
+    Reply::encoded_json(body.clone())
 }
 
 /// `GET /metrics`: Prometheus text format.

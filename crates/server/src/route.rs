@@ -15,6 +15,8 @@ pub enum Route<'a> {
     ServerReady,
     /// `GET /metrics`
     Metrics,
+    /// `GET /swagger.json`: the OpenAPI document of the models served.
+    Swagger,
     /// `POST /score`: the only model served.
     ScoreOnly,
     /// A route of one model, `version` `None` meaning its latest.
@@ -52,6 +54,7 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
         "/v2/health/live" => (Route::Live, "GET"),
         "/v2/health/ready" => (Route::ServerReady, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
+        "/swagger.json" => (Route::Swagger, "GET"),
         "/score" => (Route::ScoreOnly, "POST"),
         _ => match model_route(path)? {
             Some((route, action)) => (route, action.method()),
@@ -131,6 +134,7 @@ mod tests {
         assert_eq!(ok("HEAD", "/v2/health/live"), Route::Live);
         assert_eq!(ok("GET", "/v2/health/ready"), Route::ServerReady);
         assert_eq!(ok("GET", "/metrics"), Route::Metrics);
+        assert_eq!(ok("GET", "/swagger.json"), Route::Swagger);
         assert_eq!(ok("POST", "/score"), Route::ScoreOnly);
         assert_eq!(ok("GET", "/v2/models/m"), model("m", None, ModelAction::Metadata));
         assert_eq!(ok("GET", "/v2/models/m/ready"), model("m", None, ModelAction::Ready));

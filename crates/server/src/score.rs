@@ -84,6 +84,7 @@ async fn score_on(model: &ModelHandle, body: &Bytes) -> Result<Reply, ApiError> 
     let picked =
         signature.select_outputs(names.iter().map(String::as_str)).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let outcome = model.infer_admitted(admission, inputs, picked).await?;
+    crate::front::traced_run(model, &outcome);
     let response = ScoreResponse {
         model_name: model.name(),
         model_version: model.version(),

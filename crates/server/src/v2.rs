@@ -172,6 +172,7 @@ async fn infer_on(model: &ModelHandle, header_length: Option<&[u8]>, body: &Byte
         })
         .collect();
     let outcome = model.infer_admitted(admission, inputs, picked).await?;
+    crate::front::traced_run(model, &outcome);
     encode(model, request.id.as_deref(), &outcome.outputs, &binary)
 }
 

@@ -27,6 +27,9 @@ pub struct ServeConfig {
     pub home: PathBuf,
     /// Models to serve: `NAME` or `NAME:VERSION` from the registry, or the path of an .onnx file.
     pub models: Vec<String>,
+    /// Models already resolved (a remote replica's, fetched by content hash), served beside
+    /// `models`.
+    pub sources: Vec<ModelSource>,
     /// Settings every model starts from (the flags of `sluice serve`).
     pub defaults: Defaults,
     /// The deployment config's settings; they override `defaults` for every model.
@@ -135,7 +138,8 @@ pub struct Prepared {
 
 /// Resolves the models of `config` and checks every model's merged settings.
 pub fn prepare(config: ServeConfig) -> Result<Prepared, ServingError> {
-    let sources = resolve(&config.home, &config.models)?;
+    let mut sources = resolve(&config.home, &config.models)?;
+    sources.extend(config.sources);
     if let Some(unknown) = config.per_model.keys().find(|k| !sources.iter().any(|s| &s.name == *k)) {
         return Err(ServingError::UnknownModelInConfig(unknown.clone()));
     }

@@ -1,7 +1,11 @@
 //! Logging setup and the few metric primitives Sluice needs: lock-free counters and fixed-bucket
 //! histograms that the hot path updates with one atomic add each, rendered on demand in the
-//! Prometheus text format. Knows nothing about models or HTTP.
+//! Prometheus text format; and distributed tracing (`trace`: W3C `traceparent`, spans, OTLP/HTTP
+//! export). Knows nothing about models.
 #![forbid(unsafe_code)]
+
+pub mod logfile;
+pub mod trace;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,6 +229,16 @@ impl Histogram {
         let idx = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
         self.buckets[idx].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add((v * self.scale).max(0.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Upper bounds of the buckets (the last bucket, +Inf, is not listed).
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// Non-cumulative counts per bucket, +Inf last.
+    pub fn bucket_counts(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
     }
 
     /// Number of observations.

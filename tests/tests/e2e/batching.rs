@@ -37,19 +37,10 @@ async fn concurrent_mixed_size_requests_match_unbatched_answers() {
             json!({ "inputs": [{ "name": "input", "shape": [rows, 784], "datatype": "FP32", "data": data }] })
         })
         .collect();
-    let tasks: Vec<_> = requests
-        .iter()
-        .cloned()
-        .map(|body| {
-            let server = server.clone();
-            tokio::spawn(async move { server.post_json("/v2/models/mlp-large/versions/1/infer", &body).await })
-        })
-        .collect();
-    for (task, body) in tasks.into_iter().zip(&requests) {
-        let (status, batched) = task.await.expect("task");
-        assert_eq!(status, 200, "{batched}");
-        let (status, alone) = server.post_json("/v2/models/mlp-large/versions/2/infer", body).await;
-        assert_eq!(status, 200);
+    let answers = server
+        .batched_and_alone("/v2/models/mlp-large/versions/1/infer", "/v2/models/mlp-large/versions/2/infer", &requests)
+        .await;
+    for (batched, alone) in answers {
         assert_eq!(batched["outputs"][0]["shape"], alone["outputs"][0]["shape"]);
         assert_close(
             &numbers(&batched["outputs"][0]["data"]),
@@ -58,11 +49,6 @@ async fn concurrent_mixed_size_requests_match_unbatched_answers() {
             "batched vs alone",
         );
     }
-    let text = server.client.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    let count_line = text
-        .lines()
-        .find(|l| l.starts_with("sluice_batch_size_count{model=\"mlp-large\",version=\"1\"}"))
-        .expect("batch size metric");
-    let runs: u64 = count_line.rsplit(' ').next().expect("value").parse().expect("number");
+    let runs = server.engine_runs("mlp-large", "1").await;
     assert!(runs < 48, "48 concurrent requests on one instance ran as {runs} batches");
 }

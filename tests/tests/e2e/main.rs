@@ -6,4 +6,6 @@ mod binary;
 mod errors;
 mod limits;
 mod oip;
+mod openapi;
 mod score;
+mod strings;

@@ -1,0 +1,91 @@
+//! Official clients against a `sluice serve` process: the Triton HTTP client from PyPI
+//! (`tritonclient[http]`, pinned), installed with pip under `target/` on first use, scores
+//! `mlp-small` with gzip and deflate requests and answers (`tests/clients/triton_compression.py`),
+//! and the scikit-learn string models, compared with ONNX Runtime in Python
+//! (`tests/clients/triton_strings.py`). Skipped, saying why, only when pip cannot install them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sluice_e2e::process::{Server, sluice};
+use sluice_e2e::python::{installed, python};
+use sluice_e2e::{model_path, workspace};
+
+/// The client, pinned: a version whose wheels install on this project's Python (3.11).
+const TRITONCLIENT: &str = "tritonclient[http]==2.73.0";
+
+/// Whether `python` imports the pinned client (and NumPy) from `dir`.
+fn has_client(dir: &Path) -> bool {
+    let check = "import sys, numpy, tritonclient.http\nfrom importlib.metadata import version\n\
+                 sys.exit(version('tritonclient') != sys.argv[1])";
+    let pinned = TRITONCLIENT.rsplit("==").next().unwrap_or_default();
+    Command::new(python()).args(["-c", check, pinned]).env("PYTHONPATH", dir).output().is_ok_and(|o| o.status.success())
+}
+
+/// The folder (for `PYTHONPATH`) that holds the client, installed on first use; `None`, with the
+/// reason printed, when pip cannot install it.
+fn triton_client() -> Option<PathBuf> {
+    let dir = workspace().join(format!("target/tritonclient-{}", TRITONCLIENT.rsplit("==").next().unwrap_or_default()));
+    installed(&dir, &[TRITONCLIENT], has_client)
+}
+
+/// ONNX Runtime for Python, pinned to the version Sluice serves with, as the reference.
+const ONNXRUNTIME: &str = "onnxruntime==1.32.0";
+
+/// The folder (for `PYTHONPATH`) holding ONNX Runtime for Python, installed on first use.
+fn onnxruntime_python() -> Option<PathBuf> {
+    let version = ONNXRUNTIME.rsplit("==").next().unwrap_or_default();
+    let dir = workspace().join(format!("target/onnxruntime-python-{version}"));
+    installed(&dir, &[ONNXRUNTIME], |dir| {
+        let check = "import sys, onnxruntime\nsys.exit(onnxruntime.__version__ != sys.argv[1])";
+        Command::new(python())
+            .args(["-c", check, version])
+            .env("PYTHONPATH", dir)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Runs `sluice serve` on `models`, then client script `script` with the server's URL and `args`,
+/// Python finding its packages in `packages`; what it printed, after checking it succeeded.
+fn serve_and_run(models: &[&str], script: &str, args: &[PathBuf], packages: &[PathBuf]) -> String {
+    let home = tempfile::tempdir().expect("tempdir");
+    let server = Server::start({
+        let mut c = sluice(home.path());
+        c.args(["serve", "--port", "0", "--instances", "1"]).args(models.iter().map(|m| model_path(m)));
+        c
+    });
+    let out = Command::new(python())
+        .arg(workspace().join("tests/clients").join(script))
+        .arg(&server.url)
+        .args(args)
+        .env("PYTHONPATH", std::env::join_paths(packages).expect("a PYTHONPATH"))
+        .output()
+        .expect("python runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the Triton client failed:\n{text}");
+    eprint!("{text}");
+    text
+}
+
+#[test]
+fn the_triton_http_client_scores_string_models_as_onnx_runtime_does() {
+    let (Some(client), Some(reference)) = (triton_client(), onnxruntime_python()) else { return };
+    let text = serve_and_run(
+        &["iris-labels", "ticket-router"],
+        "triton_strings.py",
+        &[workspace().join("models")],
+        &[client, reference],
+    );
+    // Two models, binary and JSON tensors each, and the refusal.
+    assert_eq!(text.matches("ok: ").count(), 5, "{text}");
+}
+
+#[test]
+fn the_triton_http_client_sends_and_takes_gzip_and_deflate() {
+    let Some(client) = triton_client() else { return };
+    let expected = workspace().join("models/expected/mlp-small.json");
+    let text = serve_and_run(&["mlp-small"], "triton_compression.py", &[expected], &[client]);
+    // Four exchanges: gzip and deflate, binary and JSON tensors.
+    assert_eq!(text.matches("ok: ").count(), 4, "{text}");
+}
