@@ -99,11 +99,11 @@ REFUSED: list[tuple[dict, str]] = [
 
 REPLICA_LABELS = {"app.kubernetes.io/managed-by": "sluice-control", "app.kubernetes.io/component": "replica"}
 CONTROL_RULES = {
-    ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("apps", "replicasets"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch"},
+    # The calls crates/target-kubernetes makes: apply (PATCH, authorized as create when it
+    # creates), list and delete Deployments; list Pods; read a pod's log.
+    ("apps", "deployments"): {"list", "create", "patch", "delete"},
+    ("", "pods"): {"list"},
     ("", "pods/log"): {"get"},
-    ("", "events"): {"get", "list", "watch"},
 }
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 

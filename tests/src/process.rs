@@ -100,7 +100,16 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let (url, line) = loop {
-            let line = lines.next().expect("server printed its address before exiting").expect("line");
+            let Some(line) = lines.next() else {
+                // It exited (or closed stdout) first: say why, from what it wrote to stderr.
+                let out = child.wait_with_output().expect("wait");
+                panic!(
+                    "{cmd:?} exited ({}) before printing its address; stderr:\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let line = line.expect("line");
             // `https://` when the server terminates TLS.
             if let Some(at) = line.find("https://127.0.0.1:").or_else(|| line.find("http://127.0.0.1:")) {
                 let url: String = line[at..].chars().take_while(|c| !c.is_whitespace() && *c != ',').collect();
@@ -139,6 +148,24 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// SIGKILL to a process this test did not spawn itself (or cannot wait for), returning once the
+/// kernel has torn it down: its sockets are closed and its port can be bound again. A signal is
+/// delivered asynchronously, so a successor started right after `kill` may find the port taken.
+pub fn kill_and_wait_gone(pid: u32) {
+    signal(pid, "KILL");
+    let started = std::time::Instant::now();
+    // A dead process whose parent has not reaped it yet stays a zombie ('Z'), but has released
+    // its files by then.
+    let gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    };
+    while !gone() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "process {pid} survived SIGKILL");
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 

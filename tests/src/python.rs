@@ -45,7 +45,7 @@ pub fn installed(dir: &Path, packages: &[&str], ready: impl Fn(&Path) -> bool) -
     };
     if let Some(why) = failure {
         let _ = std::fs::remove_dir_all(&staging);
-        eprintln!("SKIPPED: pip could not install {what}: {why}");
+        crate::skip(&format!("pip could not install {what}: {why}"));
         return None;
     }
     // A broken install from before the lock existed goes; readers never see half of this one.

@@ -329,7 +329,7 @@ fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_of_containers_splits_survives_a_lost_replica_and_a_control_plane_restart() {
     if let Some(reason) = no_docker() {
-        eprintln!("SKIPPED: multi-host container tests need a Docker Engine: {reason}");
+        sluice_e2e::skip(&format!("multi-host container tests need a Docker Engine: {reason}"));
         return;
     }
     build_image();

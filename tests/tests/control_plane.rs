@@ -36,6 +36,8 @@ impl Control {
         let server = Server::start({
             let mut c = Control::command(home.path(), 0);
             c.env("SLUICE_LOG", level);
+            // Replicas inherit this environment; tracing must be off unless a config asks for it.
+            c.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
             c
         });
         let port = server.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("control port");
@@ -447,7 +449,7 @@ async fn concurrent_admin_writes_survive_a_crash_consistent() {
     let old = {
         // The `Server` is inside the shared `Control`; a crash is a SIGKILL of its pid.
         let pid = c.server.as_ref().expect("running").pid();
-        sluice_e2e::process::signal(pid, "KILL");
+        sluice_e2e::process::kill_and_wait_gone(pid);
         pid
     };
     let restarted = Control::process(&home, port);
@@ -551,6 +553,20 @@ async fn settings_without_effect_are_named_and_replica_logs_carry_no_colour_code
     let logs = run_ok(sluice(home).args(["service", "logs", "r", "--replica", "0"]));
     assert!(logs.contains("model loaded"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "colour codes in a replica log: {logs:?}");
+    assert!(!logs.contains("exporting traces"), "a replica traced without being asked to: {logs}");
+
+    // `enable_app_insights` turns tracing on in the replica, towards the OpenTelemetry collector
+    // beside it (nothing listens there in this test; no request is sent, so nothing is exported).
+    let config = json!({ "num_replicas": 1, "enable_app_insights": true });
+    let body = json!({ "name": "insights", "models": ["mlp-small"], "deploy_config": config });
+    let (status, created) = control.send(Method::POST, "/v1/services", Some(&body)).await;
+    assert_eq!(status, 201, "{created}");
+    control.wait_healthy("insights").await;
+    let logs = run_ok(sluice(home).args(["service", "logs", "insights", "--replica", "0"]));
+    assert!(
+        logs.contains("exporting traces over OTLP/HTTP") && logs.contains("http://localhost:4318"),
+        "enable_app_insights did not turn the replica's tracing on: {logs}"
+    );
 
     // An update says it too, on stderr, as the CLI prints it.
     let file = home.join("delay.json");
