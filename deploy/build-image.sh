@@ -107,7 +107,14 @@ else
   link() { ln -f "$1" "$2" 2>/dev/null || cp -f "$1" "$2"; }
   cp -f Dockerfile .dockerignore "$CTX/"
   for m in models/*.onnx; do link "$m" "$CTX/models/"; done
-  link "$BIN" "$CTX/target/release/sluice"
+  # Without the release profile's line tables (about 100 of the binary's 130 MB): symbols stay,
+  # so a panic's backtrace still names its functions.
+  if command -v strip >/dev/null; then
+    strip --strip-debug -o "$CTX/target/release/sluice" "$BIN"
+  else
+    say "warning: no strip (binutils): the image carries the binary's debug line tables"
+    link "$BIN" "$CTX/target/release/sluice"
+  fi
   link "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" "$CTX/$ORT_DIR/"
   link "$ORT_DIR/libonnxruntime_providers_shared.so" "$CTX/$ORT_DIR/"
   say "context: $CTX ($(du -sbL "$CTX" | cut -f1 | mb))"

@@ -1,6 +1,8 @@
 """Scores mlp-small through the official Triton HTTP client with compressed requests and answers.
 
-Usage: triton_compression.py URL EXPECTED_JSON
+Usage: triton_compression.py URL EXPECTED_JSON [KEY]
+
+With KEY, URL is a gateway whose endpoint named as the model takes KEY (`Authorization: Bearer`).
 
 For gzip and deflate, with JSON and with binary tensors, the request body is compressed by the
 client (`request_compression_algorithm`) and the answer is asked for compressed
@@ -42,6 +44,7 @@ infer_result.zlib = Counting(zlib, "deflate")
 
 def main():
     url, expected_path = sys.argv[1], sys.argv[2]
+    auth = {"Authorization": f"Bearer {sys.argv[3]}"} if len(sys.argv) > 3 else None
     with open(expected_path) as f:
         want = json.load(f)
     spec = want["inputs"][0]
@@ -63,6 +66,9 @@ def main():
                 want["model"],
                 [inp],
                 outputs=[out],
+                # A fresh dict each call: the client adds Inference-Header-Content-Length to the
+                # one it is given, and a stale one would describe the next body wrongly.
+                headers=dict(auth) if auth else None,
                 request_compression_algorithm=algorithm,
                 response_compression_algorithm=algorithm,
             )

@@ -1,7 +1,10 @@
 """Scores the scikit-learn string models through the official Triton HTTP client and compares
 every answer with ONNX Runtime's own (Python) on the same model files.
 
-Usage: triton_strings.py URL MODELS_DIR
+Usage: triton_strings.py URL MODELS_DIR [KEY]
+
+With KEY, URL is a gateway with one endpoint per model, named as the model, whose key auth takes
+KEY (sent as `Authorization: Bearer KEY`).
 
 iris-labels (FP32 in, a BYTES label and one FP32 output per class out, ZipMap as columns) and
 ticket-router (BYTES in, BYTES label and FP32 probabilities out), with string tensors sent and
@@ -28,6 +31,7 @@ TRITON_TYPES = {np.dtype(np.float32): "FP32", np.dtype(object): "BYTES"}
 
 def main():
     url, models_dir = sys.argv[1], sys.argv[2]
+    auth = {"Authorization": f"Bearer {sys.argv[3]}"} if len(sys.argv) > 3 else None
     client = httpclient.InferenceServerClient(url=url.removeprefix("http://"))
     assert client.is_server_ready(), "server not ready"
     for model, inputs in INPUTS.items():
@@ -42,7 +46,15 @@ def main():
                 inp.set_data_from_numpy(value, binary_data=binary)
                 infer_inputs.append(inp)
             outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
-            result = client.infer(model, infer_inputs, outputs=outputs, request_compression_algorithm="gzip")
+            result = client.infer(
+                model,
+                infer_inputs,
+                outputs=outputs,
+                # A fresh dict each call: the client adds Inference-Header-Content-Length to the
+                # one it is given, and a stale one would describe the next body wrongly.
+                headers=dict(auth) if auth else None,
+                request_compression_algorithm="gzip",
+            )
             for name in names:
                 got, expected = result.as_numpy(name), want[name]
                 assert got is not None, f"{what}: no output {name}"
@@ -58,7 +70,7 @@ def main():
     bad = httpclient.InferInput("fields", [1, 2], "FP32")
     bad.set_data_from_numpy(np.array([[1, 2]], dtype=np.float32), binary_data=False)
     try:
-        client.infer("ticket-router", [bad])
+        client.infer("ticket-router", [bad], headers=dict(auth) if auth else None)
         raise AssertionError("numbers for a string input were accepted")
     except InferenceServerException as e:
         assert "BYTES" in str(e), f"the error does not name the datatype: {e}"

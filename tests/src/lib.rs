@@ -1,6 +1,7 @@
 //! Test support for Sluice's end-to-end tests: a real scoring server on 127.0.0.1:0 with real ONNX
 //! Runtime sessions, the bundled models and their expected outputs.
 
+pub mod gateway;
 pub mod openapi;
 pub mod process;
 pub mod python;

@@ -1,4 +1,5 @@
-//! Official clients against a `sluice serve` process: the Triton HTTP client from PyPI
+//! Official clients against a `sluice serve` process, and through a `sluice gateway` in front of
+//! it: the Triton HTTP client from PyPI
 //! (`tritonclient[http]`, pinned), installed with pip under `target/` on first use, scores
 //! `mlp-small` with gzip and deflate requests and answers (`tests/clients/triton_compression.py`),
 //! and the scikit-learn string models, compared with ONNX Runtime in Python
@@ -7,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sluice_e2e::gateway;
 use sluice_e2e::process::{Server, sluice};
 use sluice_e2e::python::{installed, python};
 use sluice_e2e::{model_path, workspace};
@@ -46,46 +48,74 @@ fn onnxruntime_python() -> Option<PathBuf> {
     })
 }
 
-/// Runs `sluice serve` on `models`, then client script `script` with the server's URL and `args`,
-/// Python finding its packages in `packages`; what it printed, after checking it succeeded.
-fn serve_and_run(models: &[&str], script: &str, args: &[PathBuf], packages: &[PathBuf]) -> String {
+/// Where a client script is pointed: the scoring server itself, or a gateway in front of it with
+/// one endpoint per model, named as the model, and key auth (the key goes to the script last).
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Direct,
+    Gateway,
+}
+
+/// Runs `sluice serve` on `models` (and a gateway in front when `via` says so), then client
+/// script `script` with the URL and `args`, Python finding its packages in `packages`; what it
+/// printed, after checking it succeeded.
+fn serve_and_run(models: &[&str], via: Via, script: &str, args: &[PathBuf], packages: &[PathBuf]) -> String {
     let home = tempfile::tempdir().expect("tempdir");
     let server = Server::start({
         let mut c = sluice(home.path());
         c.args(["serve", "--port", "0", "--instances", "1"]).args(models.iter().map(|m| model_path(m)));
         c
     });
-    let out = Command::new(python())
-        .arg(workspace().join("tests/clients").join(script))
-        .arg(&server.url)
-        .args(args)
-        .env("PYTHONPATH", std::env::join_paths(packages).expect("a PYTHONPATH"))
-        .output()
-        .expect("python runs");
+    let key = "k".repeat(43);
+    let gateway = (via == Via::Gateway)
+        .then(|| gateway::start(home.path(), &gateway::endpoint_per_model(&server.url, models, &key), &[]));
+    let mut client = Command::new(python());
+    client.arg(workspace().join("tests/clients").join(script));
+    client.arg(&gateway.as_ref().unwrap_or(&server).url).args(args);
+    if gateway.is_some() {
+        client.arg(&key);
+    }
+    let out =
+        client.env("PYTHONPATH", std::env::join_paths(packages).expect("a PYTHONPATH")).output().expect("python runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the Triton client failed:\n{text}");
     eprint!("{text}");
     text
 }
 
+/// Both string models, sent gzip-compressed with string tensors as JSON and binary, straight to
+/// the scoring server and through a gateway with key auth.
 #[test]
 fn the_triton_http_client_scores_string_models_as_onnx_runtime_does() {
     let (Some(client), Some(reference)) = (triton_client(), onnxruntime_python()) else { return };
-    let text = serve_and_run(
-        &["iris-labels", "ticket-router"],
-        "triton_strings.py",
-        &[workspace().join("models")],
-        &[client, reference],
-    );
-    // Two models, binary and JSON tensors each, and the refusal.
-    assert_eq!(text.matches("ok: ").count(), 5, "{text}");
+    for via in [Via::Direct, Via::Gateway] {
+        let text = serve_and_run(
+            &["iris-labels", "ticket-router"],
+            via,
+            "triton_strings.py",
+            &[workspace().join("models")],
+            &[client.clone(), reference.clone()],
+        );
+        // Two models, binary and JSON tensors each, and the refusal.
+        assert_eq!(text.matches("ok: ").count(), 5, "{text}");
+    }
 }
 
+/// Requests and answers compressed by the client's own gzip and deflate options, straight to the
+/// scoring server and through a gateway (which passes the compressed bodies through).
 #[test]
 fn the_triton_http_client_sends_and_takes_gzip_and_deflate() {
     let Some(client) = triton_client() else { return };
     let expected = workspace().join("models/expected/mlp-small.json");
-    let text = serve_and_run(&["mlp-small"], "triton_compression.py", &[expected], &[client]);
-    // Four exchanges: gzip and deflate, binary and JSON tensors.
-    assert_eq!(text.matches("ok: ").count(), 4, "{text}");
+    for via in [Via::Direct, Via::Gateway] {
+        let text = serve_and_run(
+            &["mlp-small"],
+            via,
+            "triton_compression.py",
+            std::slice::from_ref(&expected),
+            std::slice::from_ref(&client),
+        );
+        // Four exchanges: gzip and deflate, binary and JSON tensors.
+        assert_eq!(text.matches("ok: ").count(), 4, "{text}");
+    }
 }

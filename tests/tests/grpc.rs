@@ -6,7 +6,9 @@
 //!   `tests/clients/grpc_clients.py`: health, metadata, readiness, infer with raw and typed
 //!   contents compared with the expected outputs and the HTTP path's answer, key auth as metadata,
 //!   a pinned version, `x-sluice-version` in response metadata, INVALID_ARGUMENT for malformed raw
-//!   contents. Skipped, saying why, only when pip cannot install them;
+//!   contents; and `tests/clients/grpc_strings.py`: the scikit-learn string models (BYTES in and
+//!   out) directly and through a gateway, as the expected files say. Skipped, saying why, only
+//!   when pip cannot install them;
 //! - a tonic client built from the same proto (`sluice-grpc`'s generated client), for the typed
 //!   contents of every datatype family and the status of each refusal.
 
@@ -31,9 +33,15 @@ fn grpc_addr(server: &Server) -> String {
 
 /// A scoring server of `model` with its gRPC front on a free port.
 fn serve(dir: &std::path::Path, model: &str) -> Server {
+    serve_models(dir, &[model])
+}
+
+/// A scoring server of `models` with its gRPC front on a free port.
+fn serve_models(dir: &std::path::Path, models: &[&str]) -> Server {
     Server::start({
         let mut c = sluice(dir);
-        c.args(["serve", "--port", "0", "--grpc-port", "0", "--instances", "1"]).arg(model_path(model));
+        c.args(["serve", "--port", "0", "--grpc-port", "0", "--instances", "1"])
+            .args(models.iter().map(|m| model_path(m)));
         c
     })
 }
@@ -68,15 +76,7 @@ fn platform_with(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Server, 
         }],
         "jwks": { "keys": [] },
     });
-    let routes_file = dir.join("routes.json");
-    std::fs::write(&routes_file, routes.to_string()).expect("write");
-    let gateway = Server::start({
-        let mut c = sluice(dir);
-        c.args(["gateway", "--port", "0", "--grpc-port", "0", "--gateway-threads", "1", "--routes-file"])
-            .arg(&routes_file)
-            .args(extra);
-        c
-    });
+    let gateway = sluice_e2e::gateway::start(dir, &routes, extra);
     (small, tab, gateway, key)
 }
 
@@ -115,6 +115,34 @@ fn the_triton_and_kserve_grpc_clients_work_directly_and_through_the_gateway() {
             .arg(workspace().join("tests/clients/grpc_clients.py"))
             .args([client, &grpc_addr(&small), &small.url, &grpc_addr(&gateway), &gateway.url, &key])
             .arg(workspace().join("models/expected/mlp-small.json"))
+            .env("PYTHONPATH", &clients)
+            .output()
+            .expect("python runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the {client} gRPC client failed:\n{text}");
+        eprint!("{text}");
+        assert_eq!(text.matches("ok: ").count(), checks, "{text}");
+    }
+}
+
+/// The scikit-learn string models (BYTES in and out) through the official Triton and KServe gRPC
+/// clients, straight to the scoring server and through a gateway with key auth, answering as the
+/// expected files (ONNX Runtime in Python) say.
+#[test]
+fn the_official_grpc_clients_score_string_models_directly_and_through_the_gateway() {
+    let Some(clients) = grpc_clients() else { return };
+    let home = tempfile::tempdir().expect("tempdir");
+    let models = ["iris-labels", "ticket-router"];
+    let replica = serve_models(home.path(), &models);
+    let key = "s".repeat(43);
+    let routes = sluice_e2e::gateway::endpoint_per_model(&replica.url, &models, &key);
+    let gateway = sluice_e2e::gateway::start(home.path(), &routes, &[]);
+    // Two models, each direct and through the gateway; KServe's with raw and typed contents.
+    for (client, checks) in [("triton", 4), ("kserve", 8)] {
+        let out = Command::new(python())
+            .arg(workspace().join("tests/clients/grpc_strings.py"))
+            .args([client, &grpc_addr(&replica), &grpc_addr(&gateway), &key])
+            .arg(workspace().join("models/expected"))
             .env("PYTHONPATH", &clients)
             .output()
             .expect("python runs");

@@ -171,6 +171,29 @@ fn swagger(state: &AppState) -> Reply {
     Reply::encoded_json(body.clone())
 }
 
+/// Model data collection's counters (`collect_model_data`), so an operator sees records dropped
+/// because the writer fell behind (the request is never slowed for it) and files removed to stay
+/// within the disk budget. A replica serves one service, so the series carry no labels.
+fn collection_metrics(enc: &mut TextEncoder, stats: &sluice_collect::Stats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let none: &[(&str, &str)] = &[];
+    for (name, help, value) in [
+        ("sluice_collected_records_total", "Sampled requests written by model data collection.", &stats.recorded),
+        (
+            "sluice_collect_dropped_records_total",
+            "Sampled requests model data collection dropped because its writer was behind or could not write.",
+            &stats.dropped,
+        ),
+        (
+            "sluice_collect_evicted_files_total",
+            "Collected files removed, oldest first, to stay within the disk budget.",
+            &stats.evicted_files,
+        ),
+    ] {
+        enc.counters(name, help, [(none, value.load(Relaxed))]);
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 fn metrics(state: &AppState) -> Reply {
     let models: Vec<_> = state.repository.all().collect();
@@ -223,6 +246,9 @@ fn metrics(state: &AppState) -> Reply {
         "Loaded instances per model version.",
         models.iter().zip(&labels).map(|(m, l)| (&l[..], m.config().instance_count as f64)),
     );
+    if let Some(collector) = &state.config.collector {
+        collection_metrics(&mut enc, collector.stats());
+    }
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",

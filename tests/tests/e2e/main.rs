@@ -3,6 +3,7 @@
 
 mod batching;
 mod binary;
+mod collect;
 mod errors;
 mod limits;
 mod oip;
