@@ -1244,6 +1244,11 @@ async fn an_autoscaled_service_follows_load_within_its_bounds_without_failing_re
     let shown = p.json(&["service", "show", "auto"]);
     let reason = shown["autoscale"]["last_decision"]["reason"].as_str().unwrap_or_default().to_owned();
     assert!(reason.contains("below the target") && reason.contains("for 3 s"), "{shown}");
+    // `service state` says it in one line, and in its JSON.
+    let line = p.ok(&["service", "state", "auto"]);
+    assert!(line.contains("1 of 1 replicas ready") && line.contains(&reason), "{line}");
+    let state = p.json(&["service", "state", "auto"]);
+    assert_eq!(state["autoscale"]["last_decision"]["reason"].as_str(), Some(reason.as_str()), "{state}");
     // The control plane's metrics say it too.
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", p.control_port)).await.expect("metrics");
     let text = metrics.text().await.expect("text");

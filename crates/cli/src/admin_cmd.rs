@@ -292,6 +292,17 @@ fn state_line(s: &ServiceStatus) -> String {
     }
 }
 
+/// `service state`: the state, how many replicas are ready of those wanted, and for an autoscaled
+/// service its last decision with the reason.
+fn state_summary(s: &ServiceStatus) -> String {
+    let ready = s.replicas.iter().filter(|r| r.ready).count();
+    let mut line = format!("{}; {ready} of {} replicas ready", state_line(s), s.desired_replicas);
+    if let Some(d) = s.autoscale.as_ref().and_then(|a| a.last_decision.as_ref()) {
+        line.push_str(&format!("; last scaled from {} to {} at {}: {}", d.from, d.to, d.at, d.reason));
+    }
+    line
+}
+
 /// Polls until the service is Healthy (Ok) or Failed (Err), printing each new state.
 async fn wait_ready(client: &AdminClient, name: &str) -> anyhow::Result<ServiceStatus> {
     let started = Instant::now();
@@ -463,8 +474,9 @@ pub fn service(home: &Path, client: &ClientArgs, cmd: ServiceCommand) -> anyhow:
                         "name": s.name, "state": s.state, "reason": s.reason,
                         "desired_replicas": s.desired_replicas,
                         "ready_replicas": s.replicas.iter().filter(|r| r.ready).count(),
+                        "autoscale": s.autoscale,
                     }))?,
-                    Output::Table => println!("{}", state_line(&s)),
+                    Output::Table => println!("{}", state_summary(&s)),
                 }
             }
             ServiceCommand::Logs { name, replica, follow, output } => {
