@@ -210,6 +210,11 @@ async fn one_request_is_one_trace_from_the_caller_through_the_gateway_to_the_rep
             .unwrap_or_else(|| panic!("no '{name}' span under '{}'; received: {got:#?}", parent.name()))
     };
     let replica = child_of(upstream, "replica request");
+    assert_eq!(replica.attribute("url.path").as_deref(), Some("/v2/models/mlp-small/infer"));
+    // The control plane's health probes, one a second per replica, are not traced.
+    let probes: Vec<_> =
+        got.iter().filter(|s| s.attribute("url.path").is_some_and(|p| p.starts_with("/v2/health/"))).collect();
+    assert!(probes.is_empty(), "health probes were traced: {probes:#?}");
     let inference = child_of(replica, "replica inference");
     let queue = child_of(replica, "replica queue wait");
     find("gateway auth and version choice");

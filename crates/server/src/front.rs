@@ -84,7 +84,7 @@ impl Handler for Front {
         let collected = kept_for_collection(&self.state, request.method(), request.target(), &body);
         let work = crate::answer(&self.state, request.method(), request.target(), header_length, body);
         // A caller that hangs up drops the request, and the model's queue skips it.
-        let (reply, span) = match request_span(&self.state, request.header(TRACEPARENT)) {
+        let (reply, span) = match request_span(&self.state, request.target(), request.header(TRACEPARENT)) {
             None => match c.unless_gone(work).await {
                 Some(reply) => (reply, None),
                 None => return false,
@@ -145,9 +145,14 @@ pub(crate) fn collect(state: &AppState, id: &Id, header_length: Option<&[u8]>, i
 }
 
 /// The replica's span for one request, continuing the caller's `traceparent`; `None` (one
-/// branch) unless tracing is on.
-pub(crate) fn request_span(state: &AppState, traceparent: Option<&[u8]>) -> Option<Span> {
+/// branch) unless tracing is on. Health probes and metrics scrapes are not traced: the control
+/// plane probes every replica every second, which would bury the requests' traces in probes.
+pub(crate) fn request_span(state: &AppState, target: &str, traceparent: Option<&[u8]>) -> Option<Span> {
+    if target.starts_with("/v2/health/") || target.starts_with("/metrics") {
+        return None;
+    }
     let mut span = trace::server_span("replica request", traceparent)?;
+    span.set("url.path", target.split('?').next().unwrap_or(target));
     if let Some(service) = &state.config.service {
         span.set("sluice.service", service.as_ref());
     }

@@ -135,7 +135,7 @@ pub async fn call(state: &AppState, request: http::Request<Bytes>) -> http::Resp
     let body = Ok(body);
     let collected = front::kept_for_collection(state, method, target, &body);
     let work = answer(state, method, target, header_length, body);
-    let (reply, traced) = match front::request_span(state, header(sluice_telemetry::trace::TRACEPARENT)) {
+    let (reply, traced) = match front::request_span(state, target, header(sluice_telemetry::trace::TRACEPARENT)) {
         None => (work.await, None),
         Some(span) => {
             let (reply, run) = front::noting_run(work).await;

@@ -511,11 +511,20 @@ fn post(authority: &str, path: &str, content_type: &str, body: &[u8]) -> Result<
     stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(|e| e.to_string())?;
     let mut status = [0u8; 12];
     stream.read_exact(&mut status).map_err(|e| format!("reading the collector's answer: {e}"))?;
-    std::str::from_utf8(&status[9..12])
+    let code = std::str::from_utf8(&status[9..12])
         .ok()
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("the collector's answer is not HTTP: {:?}", String::from_utf8_lossy(&status)))
+        .ok_or_else(|| format!("the collector's answer is not HTTP: {:?}", String::from_utf8_lossy(&status)))?;
+    // Read the rest of the answer (the collector closes after it: `connection: close`), so the
+    // connection ends with a FIN rather than a reset for unread bytes, which collectors log as
+    // errors. Bounded, and best effort: the status is what the exporter needs.
+    let _ = std::io::copy(&mut stream.take(ANSWER_LIMIT), &mut std::io::sink());
+    Ok(code)
 }
+
+/// Most bytes of a collector's answer read after its status line (an OTLP answer is a small
+/// message, or a short error).
+const ANSWER_LIMIT: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
