@@ -2,6 +2,7 @@
 //! `pip install --target` under `target/` on first use, so no test depends on what the machine
 //! happens to have.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -55,4 +56,20 @@ pub fn installed(dir: &Path, packages: &[&str], ready: impl Fn(&Path) -> bool) -
     }
     assert!(ready(dir), "pip installed {what} but python cannot import it");
     Some(dir.to_path_buf())
+}
+
+/// Runs the client script `tests/clients/<script>` with `args`, Python finding its packages in
+/// `packages`; what it printed (stdout, then stderr), echoed for the test log, after checking it
+/// succeeded. The scripts print `ok: ...` per check, which the tests count.
+pub fn run_client(script: &str, args: &[&OsStr], packages: &[PathBuf]) -> String {
+    let out = Command::new(python())
+        .arg(crate::workspace().join("tests/clients").join(script))
+        .args(args)
+        .env("PYTHONPATH", std::env::join_paths(packages).expect("a PYTHONPATH"))
+        .output()
+        .expect("python runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    eprint!("{text}");
+    text
 }

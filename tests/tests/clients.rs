@@ -5,12 +5,13 @@
 //! and the scikit-learn string models, compared with ONNX Runtime in Python
 //! (`tests/clients/triton_strings.py`). Skipped, saying why, only when pip cannot install them.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sluice_e2e::gateway;
 use sluice_e2e::process::{Server, sluice};
-use sluice_e2e::python::{installed, python};
+use sluice_e2e::python::{installed, python, run_client};
 use sluice_e2e::{model_path, workspace};
 
 /// The client, pinned: a version whose wheels install on this project's Python (3.11).
@@ -57,8 +58,7 @@ enum Via {
 }
 
 /// Runs `sluice serve` on `models` (and a gateway in front when `via` says so), then client
-/// script `script` with the URL and `args`, Python finding its packages in `packages`; what it
-/// printed, after checking it succeeded.
+/// script `script` with the URL and `args` (see [`run_client`]); what it printed.
 fn serve_and_run(models: &[&str], via: Via, script: &str, args: &[PathBuf], packages: &[PathBuf]) -> String {
     let home = tempfile::tempdir().expect("tempdir");
     let server = Server::start({
@@ -69,18 +69,13 @@ fn serve_and_run(models: &[&str], via: Via, script: &str, args: &[PathBuf], pack
     let key = "k".repeat(43);
     let gateway = (via == Via::Gateway)
         .then(|| gateway::start(home.path(), &gateway::endpoint_per_model(&server.url, models, &key), &[]));
-    let mut client = Command::new(python());
-    client.arg(workspace().join("tests/clients").join(script));
-    client.arg(&gateway.as_ref().unwrap_or(&server).url).args(args);
+    let url = &gateway.as_ref().unwrap_or(&server).url;
+    let mut script_args: Vec<&OsStr> = vec![OsStr::new(url)];
+    script_args.extend(args.iter().map(|a| a.as_os_str()));
     if gateway.is_some() {
-        client.arg(&key);
+        script_args.push(OsStr::new(&key));
     }
-    let out =
-        client.env("PYTHONPATH", std::env::join_paths(packages).expect("a PYTHONPATH")).output().expect("python runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the Triton client failed:\n{text}");
-    eprint!("{text}");
-    text
+    run_client(script, &script_args, packages)
 }
 
 /// Both string models, sent gzip-compressed with string tensors as JSON and binary, straight to

@@ -12,10 +12,11 @@
 //! - a tonic client built from the same proto (`sluice-grpc`'s generated client), for the typed
 //!   contents of every datatype family and the status of each refusal.
 
+use std::ffi::OsStr;
 use std::process::Command;
 
 use sluice_e2e::process::{Server, sluice};
-use sluice_e2e::python::{installed, python};
+use sluice_e2e::python::{installed, python, run_client};
 use sluice_e2e::{expected, model_path, workspace};
 use sluice_grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use sluice_grpc::pb::model_infer_request::InferInputTensor;
@@ -111,16 +112,14 @@ fn the_triton_and_kserve_grpc_clients_work_directly_and_through_the_gateway() {
     let (small, _tab, gateway, key) = platform(home.path());
     // One process per client: both register the protocol's messages in protobuf's default pool.
     for (client, checks) in [("triton", 14), ("kserve", 5)] {
-        let out = Command::new(python())
-            .arg(workspace().join("tests/clients/grpc_clients.py"))
-            .args([client, &grpc_addr(&small), &small.url, &grpc_addr(&gateway), &gateway.url, &key])
-            .arg(workspace().join("models/expected/mlp-small.json"))
-            .env("PYTHONPATH", &clients)
-            .output()
-            .expect("python runs");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "the {client} gRPC client failed:\n{text}");
-        eprint!("{text}");
+        let expected = workspace().join("models/expected/mlp-small.json");
+        let (small_grpc, gateway_grpc) = (grpc_addr(&small), grpc_addr(&gateway));
+        let args = [client, &small_grpc, &small.url, &gateway_grpc, &gateway.url, &key].map(OsStr::new);
+        let text = run_client(
+            "grpc_clients.py",
+            &[&args[..], &[expected.as_os_str()]].concat(),
+            std::slice::from_ref(&clients),
+        );
         assert_eq!(text.matches("ok: ").count(), checks, "{text}");
     }
 }
@@ -139,16 +138,11 @@ fn the_official_grpc_clients_score_string_models_directly_and_through_the_gatewa
     let gateway = sluice_e2e::gateway::start(home.path(), &routes, &[]);
     // Two models, each direct and through the gateway; KServe's with raw and typed contents.
     for (client, checks) in [("triton", 4), ("kserve", 8)] {
-        let out = Command::new(python())
-            .arg(workspace().join("tests/clients/grpc_strings.py"))
-            .args([client, &grpc_addr(&replica), &grpc_addr(&gateway), &key])
-            .arg(workspace().join("models/expected"))
-            .env("PYTHONPATH", &clients)
-            .output()
-            .expect("python runs");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "the {client} gRPC client failed:\n{text}");
-        eprint!("{text}");
+        let expected = workspace().join("models/expected");
+        let (replica_grpc, gateway_grpc) = (grpc_addr(&replica), grpc_addr(&gateway));
+        let args =
+            [client, &replica_grpc, &gateway_grpc, &key, expected.to_str().expect("a UTF-8 path")].map(OsStr::new);
+        let text = run_client("grpc_strings.py", &args, std::slice::from_ref(&clients));
         assert_eq!(text.matches("ok: ").count(), checks, "{text}");
     }
 }

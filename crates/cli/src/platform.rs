@@ -411,10 +411,7 @@ pub fn gateway(home: &Path, args: GatewayCmdArgs) -> anyhow::Result<()> {
             GatewayThreads::named(grpc.as_ref())
         );
         shutdown.await;
-        server.stop().await?;
-        if let Some(grpc) = grpc {
-            grpc.stop().await?;
-        }
+        server.stop_with(grpc).await?;
         eprintln!("sluice: stopped");
         Ok(())
     })
@@ -442,10 +439,7 @@ fn gateway_with_routes(path: &Path, host: String, port: u16, args: &GatewayCmdAr
             GatewayThreads::named(grpc.as_ref())
         );
         shutdown.await;
-        server.stop().await?;
-        if let Some(grpc) = grpc {
-            grpc.stop().await?;
-        }
+        server.stop_with(grpc).await?;
         eprintln!("sluice: stopped");
         Ok(())
     })
@@ -499,6 +493,18 @@ impl GatewayThreads {
     }
 
     /// Stops accepting and returns once in-flight requests have finished.
+    /// Stops this front and the gRPC one (when there is one) together: both stop accepting at
+    /// once, then each lets its in-flight requests finish.
+    async fn stop_with(self, grpc: Option<GatewayThreads>) -> anyhow::Result<()> {
+        let grpc = async move {
+            match grpc {
+                Some(grpc) => grpc.stop().await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(self.stop(), grpc).map(|_| ())
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         self.stop.send_replace(true);
         let joined = self.joined;
@@ -638,10 +644,7 @@ pub fn up(home: &Path, args: UpArgs) -> anyhow::Result<()> {
         let grpc_addr = grpc.as_ref().map(|g| g.addr);
         println!("{}", banner(home, &gateway_url(&gateway_settings, addr), grpc_addr, control_addr, &models));
         shutdown.await;
-        server.stop().await?;
-        if let Some(grpc) = grpc {
-            grpc.stop().await?;
-        }
+        server.stop_with(grpc).await?;
         cp.shutdown().await;
         eprintln!("sluice: stopped");
         Ok(())

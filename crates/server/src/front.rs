@@ -148,7 +148,7 @@ pub(crate) fn collect(state: &AppState, id: &Id, header_length: Option<&[u8]>, i
 /// branch) unless tracing is on. Health probes and metrics scrapes are not traced: the control
 /// plane probes every replica every second, which would bury the requests' traces in probes.
 pub(crate) fn request_span(state: &AppState, target: &str, traceparent: Option<&[u8]>) -> Option<Span> {
-    if target.starts_with("/v2/health/") || target.starts_with("/metrics") {
+    if !trace::enabled() || target.starts_with("/v2/health/") || target.starts_with("/metrics") {
         return None;
     }
     let mut span = trace::server_span("replica request", traceparent)?;
